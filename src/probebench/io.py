@@ -1,0 +1,86 @@
+"""Atomic, deterministic writes: an interrupted run leaves no half-written output, and the same
+inputs give the same bytes (no timestamps, no random key order, no safetensors metadata)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.numpy import load_file, save
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, dumps_json(obj))
+
+
+def read_json(path: str | Path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def tensors_bytes(tensors: dict[str, np.ndarray]) -> bytes:
+    """safetensors bytes without `__metadata__` (its order is not deterministic)."""
+    return save({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())})
+
+
+def write_tensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+    atomic_write_bytes(path, tensors_bytes(tensors))
+
+
+def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
+    return load_file(str(path))
+
+
+def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    """Parquet without the pandas index; pyarrow writes no timestamps, so bytes are stable."""
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,33 @@
+"""DVC stages zoo@<model> and finetune@<model>: build or fine-tune, train and save one embedded
+model (a save_pretrained directory) and its held-out verdict accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from _common import console, progress_bar, run
+
+from probebench.io import atomic_dir, write_json
+from probebench.params import Params
+from probebench.zoo import build_zoo_model
+
+
+def main(params: Params, argv: list[str]) -> None:
+    (slug,) = argv
+    spec = params.zoo_spec(slug)
+    base_dir = Path("data/zoo") / spec.base if spec.base else None
+    with progress_bar() as bar:
+        job = bar.add_task(f"zoo@{slug} ({spec.family})", total=spec.steps)
+        model, tokenizer, metrics = build_zoo_model(spec, params.zoo_corpus(), base_dir=base_dir,
+                                                    progress=lambda s: bar.update(job, completed=s))
+    with atomic_dir(Path("data/zoo") / slug) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_json(Path("metrics/zoo") / f"{slug}.json",
+               {"accuracy": metrics["accuracy"], "n_params": metrics["n_params"], "vocab_size": metrics["vocab_size"],
+                "final_loss": metrics["loss_curve"][-1]})
+    console.print(f"zoo@{slug}: held-out verdict accuracy {metrics['accuracy']}")
+
+
+if __name__ == "__main__":
+    run(main)
