@@ -1,0 +1,159 @@
+"""Matched semantic checkpoints and activation extraction.
+
+A checkpoint is (layer, site, position): `resid_post` of decoder block `layer` (HF
+`hidden_states[layer + 1]`, before the final norm for every block but the last), read at the
+token whose character span covers the prompt's anchor, so "the same position" is the same
+piece of text in every tokenizer, whatever the padding side or BOS.
+
+    >>> batch = encode_prompts(tok, ["the box is red . honest ?"], [25])  # doctest: +SKIP
+    >>> out = extract(model, tok, prompts_df, layer=0)                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from probebench.models import block_output, decoder_blocks, hooks
+
+
+class CheckpointError(ValueError):
+    """A position or token that cannot be matched; names the prompt and the fix."""
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Padded token ids with the readout position of every row (already shifted for padding)."""
+
+    ids_BP: torch.Tensor
+    mask_BP: torch.Tensor
+    readout_B: torch.Tensor
+
+    @property
+    def position_ids_BP(self) -> torch.Tensor:
+        # Derived from the mask so left padding does not shift learned absolute positions.
+        return (self.mask_BP.cumsum(-1) - 1).clamp(min=0)
+
+    def to(self, device) -> "PromptBatch":
+        return PromptBatch(self.ids_BP.to(device), self.mask_BP.to(device), self.readout_B.to(device))
+
+
+def anchor_token_index(offsets: Sequence[tuple[int, int]], special: Sequence[int], anchor: int, *, where: str) -> int:
+    """Index of the token covering character `anchor - 1` (the token that ends at or covers the
+    anchor); special tokens (BOS, offset (0, 0)) never match."""
+    best = None
+    for i, ((start, end), is_special) in enumerate(zip(offsets, special)):
+        if is_special or end <= start:
+            continue
+        if start <= anchor - 1 < end:
+            return i
+        if end <= anchor:
+            best = i  # the anchor falls in text no token covers (e.g. a stripped space)
+    if best is None:
+        raise CheckpointError(f"{where}: no token ends at or before anchor {anchor}; check the prompt's anchor")
+    return best
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], anchors: Sequence[int], *,
+                   padding_side: Literal["right", "left"] = "right", ids: Sequence[str] | None = None) -> PromptBatch:
+    """Tokenize each prompt (with the tokenizer's own special tokens), find the anchored token via
+    the fast tokenizer's offset mapping, and pad to a batch."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError("tokenizer is not a fast tokenizer: no offset mapping to match positions; "
+                              "use a tokenizer.json (fast) tokenizer")
+    rows, positions = [], []
+    for i, (text, anchor) in enumerate(zip(texts, anchors)):
+        where = f"prompt {ids[i] if ids is not None else i}"
+        if not 1 <= anchor <= len(text):
+            raise CheckpointError(f"{where}: anchor {anchor} is outside the text (length {len(text)}); "
+                                  "anchor is a character offset in 1..len(text)")
+        enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+        positions.append(anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], anchor, where=where))
+        rows.append(enc["input_ids"])
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids_BP = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask_BP = torch.zeros((len(rows), width), dtype=torch.long)
+    readout_B = torch.empty(len(rows), dtype=torch.long)
+    for b, (row, pos) in enumerate(zip(rows, positions)):
+        shift = width - len(row) if padding_side == "left" else 0
+        ids_BP[b, shift: shift + len(row)] = torch.tensor(row)
+        mask_BP[b, shift: shift + len(row)] = 1
+        readout_B[b] = pos + shift
+    return PromptBatch(ids_BP, mask_BP, readout_B)
+
+
+def class_token_ids(tokenizer: PreTrainedTokenizerBase, positive: str, negative: str, *, where: str = "") -> tuple[int, int]:
+    """First token of each class string in this tokenizer; they must differ."""
+    pos = tokenizer(positive, add_special_tokens=False)["input_ids"]
+    neg = tokenizer(negative, add_special_tokens=False)["input_ids"]
+    if not pos or not neg:
+        raise CheckpointError(f"{where}: empty class string {positive!r}/{negative!r}")
+    if pos[0] == neg[0]:
+        raise CheckpointError(
+            f"{where}: class strings {positive!r} and {negative!r} share their first token "
+            f"{tokenizer.convert_ids_to_tokens(pos[0])!r} in this tokenizer, so the margin would be 0; "
+            "choose class strings whose first tokens differ (e.g. without a leading space)")
+    return pos[0], neg[0]
+
+
+def readout_logits(logits_BPV: torch.Tensor, readout_B: torch.Tensor) -> torch.Tensor:
+    return logits_BPV[torch.arange(logits_BPV.shape[0], device=logits_BPV.device), readout_B]
+
+
+def margin_stats(logits_BV: torch.Tensor, pos: int, neg: int) -> dict[str, torch.Tensor]:
+    """Token margin logit(pos) - logit(neg) plus the diagnostics logit(pos) and log p(pos)."""
+    logits_BV = logits_BV.float()
+    return {"margin": logits_BV[:, pos] - logits_BV[:, neg], "logit_pos": logits_BV[:, pos],
+            "logprob_pos": torch.log_softmax(logits_BV, dim=-1)[:, pos]}
+
+
+def check_finite(name: str, tensor: torch.Tensor, *, where: str) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{where}: {bad} non-finite value(s) in {name} (NaN/inf); check the model dtype "
+                              "(bf16/fp16 overflow) or the weights")
+
+
+@torch.no_grad()
+def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *, layer: int,
+            batch_size: int = 64, where: str = "", progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Residual stream after block `layer` at each prompt's readout token, and the clean margins.
+
+    Returns float32 `acts_ND` and float32 `margin_N`, `logit_pos_N`, `logprob_pos_N`, in the
+    order of `prompts` (one class-string pair per prompt set).
+    """
+    positive, negative = prompts["positive"].iloc[0], prompts["negative"].iloc[0]
+    if (prompts["positive"] != positive).any() or (prompts["negative"] != negative).any():
+        raise CheckpointError(f"{where}: one prompt set must use one positive/negative class-string pair")
+    pos, neg = class_token_ids(tokenizer, positive, negative, where=where)
+    block = decoder_blocks(model)[layer]
+    device = next(model.parameters()).device
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_module, _inputs, output):
+        captured["resid_BPD"] = block_output(output)
+
+    out: dict[str, list[np.ndarray]] = {"acts": [], "margin": [], "logit_pos": [], "logprob_pos": []}
+    texts, anchors, ids = prompts["text"].tolist(), prompts["anchor"].tolist(), prompts["id"].tolist()
+    with hooks([(block, capture)]):
+        for start in range(0, len(texts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl]).to(device)
+            logits_BPV = model(input_ids=batch.ids_BP, attention_mask=batch.mask_BP,
+                               position_ids=batch.position_ids_BP).logits
+            acts_BD = readout_logits(captured.pop("resid_BPD"), batch.readout_B).float()
+            stats = margin_stats(readout_logits(logits_BPV, batch.readout_B), pos, neg)
+            check_finite("activations", acts_BD, where=where)
+            check_finite("logits", stats["margin"], where=where)
+            out["acts"].append(acts_BD.cpu().numpy())
+            for key in ("margin", "logit_pos", "logprob_pos"):
+                out[key].append(stats[key].cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(texts)))
+    return {f"{k}_ND" if k == "acts" else f"{k}_N": np.concatenate(v).astype(np.float32) for k, v in out.items()}

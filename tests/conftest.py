@@ -1,0 +1,29 @@
+"""Shared, session-scoped, read-only fixtures: tiny random-init models of every zoo family, each
+with its own trained tokenizer (seconds on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from probebench.tasks import SyntheticTaskSpec
+from probebench.zoo import FAMILIES, ZooModelSpec, build_tokenizer, make_config
+
+TASKS = [SyntheticTaskSpec("sentiment", "sentiment"), SyntheticTaskSpec("consistency", "consistency")]
+VOCAB = {"llama": 140, "qwen2": 450, "qwen3": 360, "gemma2": 200, "gpt2": 320}
+
+
+def tiny_model(family: str, *, d_model: int = 32, n_layers: int = 3, seed: int = 0):
+    spec = ZooModelSpec(family=family, d_model=d_model, n_layers=n_layers, n_heads=4, vocab_size=VOCAB[family],
+                        max_positions=128)
+    tokenizer = build_tokenizer(spec, TASKS)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_config(spec, tokenizer))
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    return {family: tiny_model(family) for family in FAMILIES}
