@@ -1,0 +1,612 @@
+"""Statistics for one rho_CE cell: Pearson, paired bootstrap CIs, jackknife, effect ratio, AUROC.
+
+A *cell* is (task, source model, target model). For each held-out prompt ``i`` we have
+``delta_source_i`` and ``delta_target_i``: the change in token margin when the probe
+direction is ablated in the source model and its transferred counterpart in the target.
+
+    rho_CE = Pearson(delta_source, delta_target)
+
+with a paired bootstrap CI. Every cell is resampled with the SAME index matrix
+(:func:`bootstrap_indices`), so intervals of different cells are directly comparable.
+
+Shape suffixes: ``_N`` = one value per prompt, ``_B`` = one per bootstrap resample,
+``_BN`` = resample x prompt.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> src_N = rng.normal(size=256)
+>>> tgt_N = 0.8 * src_N + 0.6 * rng.normal(size=256)
+>>> idx_BN = bootstrap_indices(256, n_resamples=1000, seed=0)
+>>> cs = cell_statistics(src_N, tgt_N, idx_BN)
+>>> cs.ci_low < cs.pearson < cs.ci_high
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.stats
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "CellStats",
+    "auroc",
+    "bca_ci",
+    "bootstrap_indices",
+    "cell_statistics",
+    "cosine_overstatement",
+    "jackknife_pearson",
+    "max_jackknife_influence",
+    "pearson",
+    "pearson_rows",
+    "percentile_ci",
+    "slope",
+    "spearman",
+]
+
+CIMethod = Literal["percentile", "bca"]
+_CI_METHODS = ("percentile", "bca")
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _as_1d(a: ArrayLike, name: str) -> np.ndarray:
+    a_N = np.asarray(a, dtype=np.float64)
+    if a_N.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per prompt), got shape {a_N.shape}")
+    return a_N
+
+
+def _paired_1d(
+    x: ArrayLike, y: ArrayLike, xname: str, yname: str, unit: str = "prompts"
+) -> tuple[np.ndarray, np.ndarray]:
+    x_N, y_N = _as_1d(x, xname), _as_1d(y, yname)
+    if x_N.shape[0] != y_N.shape[0]:
+        raise ValueError(
+            f"{xname} has {x_N.shape[0]} {unit}, {yname} has {y_N.shape[0]}: they must be paired"
+        )
+    return x_N, y_N
+
+
+def _require_finite(a_N: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(a_N)
+    if bad.any():
+        first = np.flatnonzero(bad)[:5].tolist()
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN/inf), "
+            f"first at index {first}: drop or fix those prompts before computing statistics"
+        )
+
+
+def _check_level(level: float) -> float:
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return level
+
+
+def _center_scale_rows(a_BN: np.ndarray) -> np.ndarray:
+    """Center each row, then scale it by a power of two so its max |value| is in [0.5, 1).
+
+    Multiplying by 2**k is exact in binary floating point, so the Pearson value is
+    bit-for-bit unchanged; the scaling only keeps sums of squares away from overflow
+    (|values| ~ 1e155) and underflow (|values| ~ 1e-160), which would otherwise turn a
+    perfectly good correlation into inf/nan or fake a constant input.
+    """
+    c_BN = a_BN - a_BN.mean(axis=-1, keepdims=True)
+    hi_B1 = c_BN.max(axis=-1, keepdims=True)
+    lo_B1 = c_BN.min(axis=-1, keepdims=True)
+    _, e_B1 = np.frexp(np.maximum(hi_B1, -lo_B1))  # max|c| = f * 2**e, f in [0.5, 1)
+    # A constant row need not center to exactly 0 (mean([0.1] * 3) != 0.1 in floats); its
+    # centered values are then a tiny common offset that would fake a nonzero variance.
+    # Zero it so sxx == 0 and r is reported as nan. (nan rows: hi == lo is False, stays nan.)
+    # Multiply by the per-row factor 2**-e rather than np.ldexp over the whole (B, N)
+    # array: same exact result, ~8x faster (ldexp is not SIMD-vectorized).
+    scale_B1 = np.where(hi_B1 == lo_B1, 0.0, np.ldexp(1.0, -e_B1))
+    return c_BN * scale_B1
+
+
+def _r_from_sums(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -> np.ndarray:
+    """r = sxy / sqrt(sxx * syy), nan where a variance is zero, clipped to [-1, 1].
+
+    ``sqrt(sxx * syy)`` rather than ``sqrt(sxx) * sqrt(syy)``: when x == y we have
+    sxx == syy == sxy bit-for-bit, and for IEEE binary floats sqrt(fl(a * a)) == a exactly,
+    so r == 1.0 exactly. sqrt(a) * sqrt(a) is generally NOT a (e.g. a = 2).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = sxy / np.sqrt(sxx * syy)
+    r = np.where((sxx > 0) & (syy > 0), r, np.nan)
+    # |r| can exceed 1 by an ulp from rounding when x ~ +/- a * y.
+    return np.clip(r, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# Pearson
+# --------------------------------------------------------------------------------------
+
+
+def pearson_rows(x_BN: ArrayLike, y_BN: ArrayLike) -> np.ndarray:
+    """Pearson r of each row pair: ``r_B[b] = pearson(x_BN[b], y_BN[b])``.
+
+    Same formula as :func:`pearson` (centered float64, ``sxy / sqrt(sxx * syy)``), so a
+    resample of identical arrays gives exactly 1.0. Rows with zero variance in x or y
+    give nan. Non-finite input propagates to nan.
+
+    >>> import numpy as np
+    >>> x_BN = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    >>> y_BN = np.array([[2.0, 4.0, 6.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    >>> pearson_rows(x_BN, y_BN).tolist()
+    [1.0, -1.0, nan]
+    """
+    x_BN = np.asarray(x_BN, dtype=np.float64)
+    y_BN = np.asarray(y_BN, dtype=np.float64)
+    if x_BN.ndim != 2 or x_BN.shape != y_BN.shape:
+        raise ValueError(
+            f"x_BN and y_BN must be 2-D with equal shapes (resamples, prompts), "
+            f"got {x_BN.shape} and {y_BN.shape}"
+        )
+    B, N = x_BN.shape
+    if N < 2:
+        raise ValueError(f"Pearson needs at least 2 prompts per row, got {N}")
+    # Work through blocks of rows whose temporaries stay cache-sized: full (B, N)
+    # temporaries (B = 1000, N = 256 -> 2 MB each) make it ~2x slower. Rows are
+    # independent, so blocking does not change any result bit.
+    rows = max(1, _BLOCK_ELEMENTS // N)
+    r_B = np.empty(B, dtype=np.float64)
+    for start in range(0, B, rows):
+        stop = start + rows
+        r_B[start:stop] = _pearson_block(x_BN[start:stop], y_BN[start:stop])
+    return r_B
+
+
+_BLOCK_ELEMENTS = 1 << 15  # 256 KiB of float64 per temporary: fits in L2
+
+
+def _pearson_block(x_BN: np.ndarray, y_BN: np.ndarray) -> np.ndarray:
+    xc_BN = _center_scale_rows(x_BN)
+    yc_BN = _center_scale_rows(y_BN)
+    # All three sums use the identical expression (elementwise product, then the same
+    # contiguous row reduction), so identical inputs give bit-identical sums.
+    sxy_B = (xc_BN * yc_BN).sum(axis=1)
+    sxx_B = (xc_BN * xc_BN).sum(axis=1)
+    syy_B = (yc_BN * yc_BN).sum(axis=1)
+    return _r_from_sums(sxy_B, sxx_B, syy_B)
+
+
+def pearson(x_N: ArrayLike, y_N: ArrayLike) -> float:
+    """Pearson correlation of two paired 1-D arrays.
+
+    Computed as ``sxy / sqrt(sxx * syy)`` on centered float64 data, so ``pearson(x, x)``
+    is exactly 1.0 (the diagonal of a rho matrix is 1.0 by construction). Clipped to
+    [-1, 1]. Returns nan when x or y is constant (zero variance: r is undefined) or
+    contains NaN/inf.
+
+    >>> pearson([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
+    1.0
+    >>> round(pearson([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]), 6)
+    0.5
+    >>> pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    nan
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    # Delegate to the row version so the point estimate and the bootstrap
+    # distribution are computed by literally the same code.
+    return float(pearson_rows(x_N[None, :], y_N[None, :])[0])
+
+
+# --------------------------------------------------------------------------------------
+# bootstrap
+# --------------------------------------------------------------------------------------
+
+
+def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Paired-bootstrap index matrix ``idx_BN`` of shape (n_resamples, n), dtype int64.
+
+    Row b lists the prompts drawn (with replacement) for resample b. Build it ONCE per
+    prompt set and share it across every cell so their CIs are comparable (same
+    resamples, correlated Monte-Carlo error). Drawn as
+    ``np.random.default_rng(seed).integers(0, n, size=(B, n))``.
+
+    >>> idx_BN = bootstrap_indices(5, n_resamples=3, seed=0)
+    >>> idx_BN.shape, idx_BN.dtype.name
+    ((3, 5), 'int64')
+    >>> bool((bootstrap_indices(5, 3, seed=0) == idx_BN).all())
+    True
+    """
+    n, n_resamples = int(n), int(n_resamples)
+    if n < 2:
+        raise ValueError(f"n (number of prompts) must be >= 2, got {n}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=(n_resamples, n), dtype=np.int64)
+
+
+def _finite_resamples(theta_B: ArrayLike) -> np.ndarray:
+    theta_B = np.asarray(theta_B, dtype=np.float64)
+    if theta_B.ndim != 1:
+        raise ValueError(f"theta_B must be 1-D (one statistic per resample), got {theta_B.shape}")
+    # nan arises when a resample is constant in x or y (r undefined); those resamples
+    # carry no information about r and are dropped.
+    ok_B = ~np.isnan(theta_B)
+    if not ok_B.any():
+        raise ValueError(
+            f"all {theta_B.shape[0]} bootstrap statistics are nan (constant input?): no CI"
+        )
+    return theta_B[ok_B]
+
+
+def percentile_ci(theta_B: ArrayLike, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI: the (1-level)/2 and (1+level)/2 quantiles of ``theta_B``.
+
+    Uses ``np.percentile`` (default linear interpolation) on the non-nan resample
+    statistics.
+
+    >>> percentile_ci(np.arange(101.0), level=0.5)
+    (25.0, 75.0)
+    """
+    level = _check_level(level)
+    th_B = _finite_resamples(theta_B)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.percentile(th_B, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return float(lo), float(hi)
+
+
+def bca_ci(
+    x_N: ArrayLike,
+    y_N: ArrayLike,
+    theta_hat: float,
+    theta_B: ArrayLike,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Bias-corrected and accelerated (BCa) bootstrap CI for Pearson r (Efron & Tibshirani 14.3).
+
+    * bias correction ``z0 = Phi^-1(share of theta_B below theta_hat)``, ties counted half
+      (same convention as ``scipy.stats.bootstrap``);
+    * acceleration ``a = sum(d^3) / (6 * sum(d^2)^1.5)``, ``d = mean(r_(-i)) - r_(-i)``
+      from the leave-one-out jackknife of Pearson on (x_N, y_N);
+    * endpoints = ``np.percentile`` of the non-nan ``theta_B`` at
+      ``Phi(z0 + (z0 + z) / (1 - a (z0 + z)))`` for z = Phi^-1((1 -/+ level) / 2).
+
+    Returns (nan, nan) when BCa is undefined: every resample lies on one side of
+    theta_hat (z0 = +/-inf). ``x_N``/``y_N`` must be the data ``theta_B`` was resampled from.
+
+    >>> rng = np.random.default_rng(1)
+    >>> x_N = rng.normal(size=300); y_N = x_N + rng.normal(size=300)
+    >>> idx_BN = bootstrap_indices(300, 2000, seed=1)
+    >>> lo, hi = bca_ci(x_N, y_N, pearson(x_N, y_N), pearson_rows(x_N[idx_BN], y_N[idx_BN]))
+    >>> bool(lo < pearson(x_N, y_N) < hi)
+    True
+    """
+    level = _check_level(level)
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    theta_hat = float(theta_hat)
+    if np.isnan(theta_hat):
+        raise ValueError("theta_hat is nan: BCa needs a defined point estimate")
+    th_B = _finite_resamples(theta_B)
+    B = th_B.shape[0]
+
+    below = np.count_nonzero(th_B < theta_hat) + np.count_nonzero(th_B <= theta_hat)
+    z0 = scipy.stats.norm.ppf(below / (2.0 * B))
+    if not np.isfinite(z0):
+        return float("nan"), float("nan")
+
+    r_loo_N = jackknife_pearson(x_N, y_N)
+    d_N = np.nanmean(r_loo_N) - r_loo_N
+    d_N = d_N[~np.isnan(d_N)]
+    den = np.sum(d_N**2)
+    # All leave-one-out estimates equal (e.g. x == y gives r_(-i) == 1): no skewness, a = 0.
+    a = float(np.sum(d_N**3) / (6.0 * den**1.5)) if den > 0 else 0.0
+
+    alpha = (1.0 - level) / 2.0
+    z_lo, z_hi = scipy.stats.norm.ppf([alpha, 1.0 - alpha])
+    q = []
+    for z in (z_lo, z_hi):
+        num = z0 + z
+        q.append(scipy.stats.norm.cdf(z0 + num / (1.0 - a * num)))
+    lo, hi = np.percentile(th_B, [100.0 * q[0], 100.0 * q[1]])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------------------
+# jackknife
+# --------------------------------------------------------------------------------------
+
+# If leaving one prompt out removes more than this share of a sum of squares, the O(N)
+# downdate loses too many digits to cancellation; such entries are recomputed directly.
+_DOWNDATE_MIN_REMAINING = 1e-6
+
+
+def jackknife_pearson(x_N: ArrayLike, y_N: ArrayLike) -> np.ndarray:
+    """Leave-one-out Pearson: ``r_N[i] = pearson(delete(x, i), delete(y, i))``, in O(N).
+
+    Uses running sums of the centered data, downdated by each prompt:
+    ``S_(-i) = S - x_i y_i - (Sx - x_i)(Sy - y_i) / (N - 1)``. Entries where one prompt
+    carries almost all of a variance (where the downdate would cancel catastrophically)
+    are recomputed exactly. nan where dropping the prompt leaves x or y constant.
+
+    >>> x_N, y_N = np.array([1.0, 2.0, 3.0, 10.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    >>> np.round(jackknife_pearson(x_N, y_N), 6).tolist()  # dropping the outlier: r -> 1
+    [0.917663, 0.877338, 0.973223, 1.0]
+    >>> bool(np.isclose(jackknife_pearson(x_N, y_N)[0], pearson(x_N[1:], y_N[1:])))
+    True
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    n = x_N.shape[0]
+    if n < 3:
+        raise ValueError(f"jackknife Pearson needs at least 3 prompts, got {n}")
+    xc_N = _center_scale_rows(x_N[None, :])[0]
+    yc_N = _center_scale_rows(y_N[None, :])[0]
+    sx, sy = xc_N.sum(), yc_N.sum()  # ~0, kept so the downdate is exact algebra
+    sxx, syy, sxy = (xc_N * xc_N).sum(), (yc_N * yc_N).sum(), (xc_N * yc_N).sum()
+    rx_N, ry_N = sx - xc_N, sy - yc_N
+    # Each loo sum uses the same expression, so x == y gives bit-identical sums and r == 1.
+    sxx_N = (sxx - xc_N * xc_N) - rx_N * rx_N / (n - 1)
+    syy_N = (syy - yc_N * yc_N) - ry_N * ry_N / (n - 1)
+    sxy_N = (sxy - xc_N * yc_N) - rx_N * ry_N / (n - 1)
+    r_N = _r_from_sums(sxy_N, sxx_N, syy_N)
+
+    shaky_N = (sxx_N < _DOWNDATE_MIN_REMAINING * sxx) | (syy_N < _DOWNDATE_MIN_REMAINING * syy)
+    for i in np.flatnonzero(shaky_N):  # rare: only prompts that dominate a variance
+        keep_N = np.arange(n) != i
+        r_N[i] = pearson(x_N[keep_N], y_N[keep_N])
+    return r_N
+
+
+def max_jackknife_influence(x_N: ArrayLike, y_N: ArrayLike) -> float:
+    """Largest change in r from dropping one prompt: ``max_i |r - r_(-i)|``.
+
+    A large value means rho_CE hinges on a few prompts. nan when r or any r_(-i) is
+    undefined (some prompt is the only source of variance).
+
+    >>> round(max_jackknife_influence([1.0, 2.0, 3.0, 10.0], [1.0, 2.0, 3.0, 4.0]), 6)
+    0.114562
+    """
+    r = pearson(x_N, y_N)
+    return float(np.max(np.abs(r - jackknife_pearson(x_N, y_N))))
+
+
+# --------------------------------------------------------------------------------------
+# companions of rho
+# --------------------------------------------------------------------------------------
+
+
+def spearman(x_N: ArrayLike, y_N: ArrayLike) -> float:
+    """Spearman rank correlation = :func:`pearson` of average ranks (nan for constant input).
+
+    >>> spearman([1.0, 2.0, 3.0, 4.0], [1.0, 4.0, 9.0, 100.0])
+    1.0
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    return pearson(scipy.stats.rankdata(x_N), scipy.stats.rankdata(y_N))
+
+
+def slope(x_N: ArrayLike, y_N: ArrayLike) -> float:
+    """OLS slope of y on x: ``sxy / sxx`` (nan when x is constant).
+
+    As ``slope(delta_source, delta_target)`` this is the *effect ratio*: rho says the
+    effects co-vary across prompts, the slope says whether they are equally strong
+    (1.0 = ablating the direction moves the target's margin as much as the source's).
+
+    >>> slope([0.0, 1.0, 2.0], [1.0, 3.5, 6.0])
+    2.5
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    if x_N.shape[0] < 2 or x_N.max() == x_N.min():
+        # Checked on the raw data: a constant x need not center to exactly 0 (see
+        # _center_scale_rows), and the tiny leftover would give a huge bogus slope.
+        return float("nan")
+    xc_N, yc_N = x_N - x_N.mean(), y_N - y_N.mean()
+    return float((xc_N * yc_N).sum() / (xc_N * xc_N).sum())
+
+
+def auroc(scores_N: ArrayLike, labels_N: ArrayLike) -> float:
+    """Raw AUROC of ``scores_N`` for the positive class (label 1), via sklearn.
+
+    Deliberately never ``max(a, 1 - a)``: a probe that ranks the classes backwards
+    scores below 0.5, and that must stay visible.
+
+    >>> auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]), auroc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1])
+    (1.0, 0.0)
+    """
+    from sklearn.metrics import roc_auc_score  # sklearn import is slow; only pay for it here
+
+    scores = _as_1d(scores_N, "scores_N")
+    labels = np.asarray(labels_N)
+    if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"scores_N has shape {scores.shape}, labels_N has shape {labels.shape}: "
+            "they must be paired 1-D arrays"
+        )
+    _require_finite(scores, "scores_N")
+    classes = np.unique(labels)
+    if not np.isin(classes, [0, 1]).all():
+        raise ValueError(f"labels_N must be 0/1 (or bool), got classes {classes.tolist()}")
+    if classes.shape[0] < 2:
+        raise ValueError(
+            f"labels_N contains only class {classes.tolist()}: AUROC needs both 0 and 1"
+        )
+    return float(roc_auc_score(labels.astype(np.int64), scores))
+
+
+# --------------------------------------------------------------------------------------
+# one cell
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """Summary statistics of one (task, source, target) cell.
+
+    ``effect_ratio`` is the OLS slope of delta_target on delta_source. ``n_resamples`` is
+    the number of bootstrap resamples drawn (``idx_BN.shape[0]``).
+    """
+
+    n: int
+    pearson: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    ci_method: str
+    n_resamples: int
+    spearman: float
+    max_jackknife_influence: float
+    effect_ratio: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python dict (JSON-serializable apart from nan).
+
+        >>> CellStats(3, 0.5, 0.1, 0.8, 0.95, "percentile", 10, 0.4, 0.2, 1.1).to_dict()["ci_high"]
+        0.8
+        """
+        return dataclasses.asdict(self)
+
+
+def cell_statistics(
+    delta_source_N: ArrayLike,
+    delta_target_N: ArrayLike,
+    idx_BN: ArrayLike,
+    *,
+    ci_level: float = 0.95,
+    ci_method: CIMethod = "percentile",
+) -> CellStats:
+    """All statistics of one cell, bootstrapped over the shared index matrix ``idx_BN``.
+
+    Raises ValueError for unpaired lengths, NaN/inf in either delta (naming which), a
+    constant delta (Pearson undefined), or an ``idx_BN`` that does not index N prompts.
+
+    >>> rng = np.random.default_rng(0)
+    >>> src_N = rng.normal(size=200); tgt_N = 2.0 * src_N + 0.1 * rng.normal(size=200)
+    >>> cs = cell_statistics(src_N, tgt_N, bootstrap_indices(200, 500), ci_method="bca")
+    >>> cs.n, cs.n_resamples, cs.ci_method, round(cs.effect_ratio, 1)
+    (200, 500, 'bca', 2.0)
+    """
+    src_N, tgt_N = _paired_1d(delta_source_N, delta_target_N, "delta_source", "delta_target")
+    _require_finite(src_N, "delta_source")
+    _require_finite(tgt_N, "delta_target")
+    n = src_N.shape[0]
+    if n < 3:
+        raise ValueError(f"a cell needs at least 3 prompts, got {n}")
+    for name, a_N in (("delta_source", src_N), ("delta_target", tgt_N)):
+        if np.all(a_N == a_N[0]):
+            raise ValueError(
+                f"{name} is constant ({a_N[0]!r} for all {n} prompts): Pearson is undefined "
+                "(did the ablation change anything?)"
+            )
+    if ci_method not in _CI_METHODS:
+        raise ValueError(f"ci_method must be one of {_CI_METHODS}, got {ci_method!r}")
+    ci_level = _check_level(ci_level)
+
+    idx_BN = np.asarray(idx_BN)
+    if idx_BN.ndim != 2 or not np.issubdtype(idx_BN.dtype, np.integer):
+        raise ValueError(
+            f"idx_BN must be a 2-D integer array (resamples, prompts), "
+            f"got shape {idx_BN.shape} dtype {idx_BN.dtype}"
+        )
+    if idx_BN.shape[1] != n:
+        raise ValueError(
+            f"idx_BN has {idx_BN.shape[1]} columns but the cell has {n} prompts: "
+            "the index matrix was built for a different prompt set"
+        )
+    # Negative indices would silently wrap around in numpy instead of failing.
+    if idx_BN.size and (idx_BN.min() < 0 or idx_BN.max() >= n):
+        raise ValueError(
+            f"idx_BN values span [{idx_BN.min()}, {idx_BN.max()}], must lie in [0, {n - 1}]"
+        )
+
+    r = pearson(src_N, tgt_N)
+    # == pearson_rows(src_N[idx_BN], tgt_N[idx_BN]), gathered block by block so the
+    # resampled (B, N) copies are never materialized in full.
+    rows = max(1, _BLOCK_ELEMENTS // n)
+    theta_B = np.empty(idx_BN.shape[0], dtype=np.float64)
+    for start in range(0, idx_BN.shape[0], rows):
+        i_bN = idx_BN[start : start + rows]  # b = one block of resamples
+        theta_B[start : start + rows] = _pearson_block(src_N[i_bN], tgt_N[i_bN])
+    if ci_method == "percentile":
+        lo, hi = percentile_ci(theta_B, ci_level)
+    else:
+        lo, hi = bca_ci(src_N, tgt_N, r, theta_B, ci_level)
+
+    return CellStats(
+        n=int(n),
+        pearson=r,
+        ci_low=lo,
+        ci_high=hi,
+        ci_level=ci_level,
+        ci_method=ci_method,
+        n_resamples=int(idx_BN.shape[0]),
+        spearman=spearman(src_N, tgt_N),
+        max_jackknife_influence=max_jackknife_influence(src_N, tgt_N),
+        effect_ratio=slope(src_N, tgt_N),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# cosine vs causal agreement
+# --------------------------------------------------------------------------------------
+
+
+def cosine_overstatement(
+    rho: ArrayLike,
+    cos: ArrayLike,
+    *,
+    cos_threshold: float = 0.7,
+    ce_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """How much probe-direction cosine similarity overstates causal agreement rho_CE.
+
+    ``rho[k]`` and ``cos[k]`` belong to the same item k (e.g. a cell). Pairs where either
+    is nan are ignored and counted in ``n_nan``. Returns two NAMED statistics, which
+    answer different questions and must not be confused:
+
+    * ``one_minus_median_ratio`` = 1 - median(rho) / median(cos): how far the typical rho
+      falls short of the typical cosine (0.616 vs 0.965 -> 0.362, "36.2% lower");
+    * ``share_high_cos_low_ce`` = share of items with cos > cos_threshold AND
+      rho < ce_threshold: how often a high cosine hides a weak causal match;
+
+    plus ``median_cos``, ``median_rho``, ``n``, ``n_nan``, the thresholds and a
+    ``formulae`` dict stating each formula in words.
+
+    >>> out = cosine_overstatement([0.616, 0.3, 0.9], [0.965, 0.95, 0.99])
+    >>> round(out["one_minus_median_ratio"], 4), round(out["share_high_cos_low_ce"], 4)
+    (0.3617, 0.3333)
+    """
+    rho_K, cos_K = _paired_1d(rho, cos, "rho", "cos", unit="items")
+    for name, a_K in (("rho", rho_K), ("cos", cos_K)):
+        if np.isinf(a_K).any():
+            raise ValueError(f"{name} contains inf: correlations/cosines must lie in [-1, 1]")
+    ok_K = ~(np.isnan(rho_K) | np.isnan(cos_K))
+    n_nan = int((~ok_K).sum())
+    rho_K, cos_K = rho_K[ok_K], cos_K[ok_K]
+    if rho_K.shape[0] == 0:
+        raise ValueError(f"no item has both rho and cos defined ({n_nan} nan pairs)")
+
+    med_rho, med_cos = float(np.median(rho_K)), float(np.median(cos_K))
+    # median(cos) == 0 makes the ratio meaningless; report nan rather than +/-inf.
+    ratio_stat = 1.0 - med_rho / med_cos if med_cos != 0 else float("nan")
+    share = float(np.mean((cos_K > cos_threshold) & (rho_K < ce_threshold)))
+    return {
+        "one_minus_median_ratio": float(ratio_stat),
+        "share_high_cos_low_ce": share,
+        "median_cos": med_cos,
+        "median_rho": med_rho,
+        "n": int(rho_K.shape[0]),
+        "n_nan": n_nan,
+        "cos_threshold": float(cos_threshold),
+        "ce_threshold": float(ce_threshold),
+        "formulae": {
+            "one_minus_median_ratio": "1 - median(rho_CE) / median(cos)",
+            "share_high_cos_low_ce": (
+                f"#{{items: cos > {cos_threshold} and rho_CE < {ce_threshold}}} / n"
+            ),
+            "median_cos": "median of cos over items with both values defined",
+            "median_rho": "median of rho_CE over items with both values defined",
+        },
+    }
