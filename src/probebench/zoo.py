@@ -130,7 +130,7 @@ def make_config(spec: ZooModelSpec, tokenizer: PreTrainedTokenizerFast) -> Pretr
             # Short sliding window so the tiny model really alternates local/global layers.
             kwargs.update(sliding_window=16, query_pre_attn_scalar=spec.d_model // spec.n_heads)
         if spec.family in ("qwen2", "qwen3"):
-            kwargs.update(tie_word_embeddings=True)
+            kwargs.update(tie_word_embeddings=False)
     else:
         raise ZooError(f"unknown architecture family {spec.family!r}; known: {list(FAMILIES)}")
     kwargs.update(spec.extra)
