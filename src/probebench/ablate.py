@@ -259,15 +259,20 @@ def _edit_hook(dirs_kD: torch.Tensor, mus_k: torch.Tensor | None, readout_B: tor
     return hook
 
 
-def effects_table(out: dict[str, np.ndarray], prompts: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    """Long table: one row per (direction label, prompt) with clean/ablated margins and deltas."""
-    frames = []
-    for k, label in enumerate(labels):
-        frames.append(pd.DataFrame({
-            "direction": label, "prompt_id": prompts["id"].to_numpy(), "label": prompts["label"].to_numpy(),
-            "clean_margin": out["clean_margin_N"], "ablated_margin": out["ablated_margin_KN"][k],
-            "delta": out["ablated_margin_KN"][k] - out["clean_margin_N"],
-            "delta_logit_pos": out["ablated_logit_pos_KN"][k] - out["clean_logit_pos_N"],
-            "delta_logprob_pos": out["ablated_logprob_pos_KN"][k] - out["clean_logprob_pos_N"],
-        }))
-    return pd.concat(frames, ignore_index=True)
+def split_directions(out: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Per-direction results (what the cell store holds): clean_* and ablated_* arrays of [N]."""
+    K = out["ablated_margin_KN"].shape[0]
+    clean = {k.removesuffix("_N"): v for k, v in out.items() if k.startswith("clean")}
+    return [{**clean, **{k.removesuffix("_KN"): v[i] for k, v in out.items() if k.startswith("ablated")}}
+            for i in range(K)]
+
+
+def effects_frame(entry: dict[str, np.ndarray], prompts: pd.DataFrame, source: str) -> pd.DataFrame:
+    """One row per prompt: clean/ablated margins, the token-margin delta and the diagnostics."""
+    return pd.DataFrame({
+        "source": source, "prompt_id": prompts["id"].to_numpy(), "label": prompts["label"].to_numpy(),
+        "clean_margin": entry["clean_margin"], "ablated_margin": entry["ablated_margin"],
+        "delta": entry["ablated_margin"] - entry["clean_margin"],
+        "delta_logit_pos": entry["ablated_logit_pos"] - entry["clean_logit_pos"],
+        "delta_logprob_pos": entry["ablated_logprob_pos"] - entry["clean_logprob_pos"],
+    })

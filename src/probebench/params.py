@@ -167,12 +167,20 @@ class BootstrapParams(_Strict):
     ci_method: Literal["percentile", "bca"] = "percentile"
 
 
+class NormalizeParams(_Strict):
+    """Which per-prompt effect feeds rho: the token margin (required for a scored entry), or the
+    naive diagnostics delta logit(pos) / delta log p(pos)."""
+    effect: Literal["token_margin", "logit_pos", "logprob_pos"] = "token_margin"
+
+
 class MatrixParams(_Strict):
+    """Flags and the scoring rule. scored_run: a task with fewer than min_n test prompts is an
+    error (set false to report such a run unscored)."""
     not_same_threshold: float = 0.4
     cosine_confound_threshold: float = 0.7
-    min_n: int = 200
-    min_sources: int = 3
-    normalization: Literal["token_margin", "logit_pos", "logprob_pos"] = "token_margin"
+    min_n: int = Field(200, ge=2)
+    min_sources: int = Field(3, ge=1)
+    scored_run: bool = True
 
 
 class EmitParams(_Strict):
@@ -189,6 +197,7 @@ class Params(_Strict):
     probe: ProbeParams = ProbeParams()
     transfer: TransferParams = TransferParams()
     ablate: AblateParams = AblateParams()
+    normalize: NormalizeParams = NormalizeParams()
     bootstrap: BootstrapParams = BootstrapParams()
     matrix: MatrixParams = MatrixParams()
     emit: EmitParams = EmitParams()
