@@ -70,7 +70,7 @@ def sentiment_example(rng: np.random.Generator) -> tuple[str, float]:
         n_clauses = 1 + int(rng.random() < 0.4)
         clauses = [_sentiment_clause(rng) for _ in range(n_clauses)]
         strength = float(sum(v for _, v in clauses))
-        if abs(strength) >= 0.25:  # ambiguous reviews have no defensible label
+        if abs(strength) >= 1.0:  # near-ties are arithmetic puzzles, not sentiment
             break
     text = "review : " + " and ".join(w for w, _ in clauses) + " . verdict :"
     return text, strength

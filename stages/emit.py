@@ -1,0 +1,47 @@
+"""DVC stage emit: reports/probebench.yaml (CrossModelTransfer entries, schema-validated) and
+reports/probebench.provenance.json (params hash, model fingerprints, code version, full cells)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from _common import console, run
+
+import probebench
+from probebench.emit import build_entries, probe_id
+from probebench.io import atomic_write_text, dumps_json, read_json
+from probebench.params import Params
+
+
+def main(params: Params, argv: list[str]) -> None:
+    cells = pd.read_parquet(Path("reports/cells.parquet"))
+    metas = {m: read_json(Path("data/extract") / m / "meta.json") for m in params.models}
+    names = {m: params.models[m].name for m in params.models}
+    ids = {(task, s): probe_id(params.emit.probe_id_prefix, task, s, metas[s]["layer"], params.probe.method)
+           for task in params.tasks for s in params.models}
+    entries, cells_provenance = build_entries(cells, names, ids)
+    params_json = params.model_dump_json()
+    provenance = {
+        "code_version": probebench.__version__,
+        "params_sha256": hashlib.sha256(params_json.encode()).hexdigest(),
+        "models": {m: {"name": names[m], "fingerprint": metas[m]["fingerprint"], "layer": metas[m]["layer"],
+                       "n_layers": metas[m]["n_layers"], "d_model": metas[m]["d_model"]} for m in params.models},
+        "tasks": {t: read_json(Path("data/prompts") / f"{t}.json") for t in params.tasks},
+        "ablation": params.ablate.model_dump(), "transfer": params.transfer.model_dump(),
+        "bootstrap": params.bootstrap.model_dump(), "rules": params.matrix.model_dump(),
+        "entries": cells_provenance,
+    }
+    header = ("# ProbeBench CrossModelTransfer entries written by probebench emit.\n"
+              "# Apply to the site: probebench leaderboard apply reports/probebench.yaml --data lib/probebench-data.ts\n")
+    atomic_write_text(Path("reports/probebench.yaml"),
+                      header + yaml.safe_dump(entries, sort_keys=False, allow_unicode=True, width=10_000))
+    atomic_write_text(Path("reports/probebench.provenance.json"), dumps_json(provenance))
+    n_scored = sum(bool(p["cell"]["scored"]) for p in cells_provenance)
+    console.print(f"emit: {len(entries)} entries ({n_scored} scored) -> reports/probebench.yaml")
+
+
+if __name__ == "__main__":
+    run(main)
