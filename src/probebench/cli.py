@@ -11,6 +11,7 @@ the matrices, and apply entries to the ProbeBench site.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,16 @@ def check(params: Annotated[Path, typer.Argument(help="params file to validate")
 def run_pipeline(ctx: typer.Context) -> None:
     """Run the whole pipeline (`dvc repro`, extra arguments are passed on) after checking params."""
     check(Path("params.yaml"))
-    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    raise typer.Exit(subprocess.call([dvc, "repro", *ctx.args]))
+    # Stage commands say `python ...`: put this interpreter's environment first on PATH so they
+    # run with the packages probebench was installed with, activated venv or not.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    dvc = shutil.which("dvc", path=env["PATH"])
+    if dvc is None:
+        _fail("dvc not found; install probebench with pip (dvc is a dependency)")
+    if not Path(".git").exists():
+        _fail("not a git checkout: DVC experiments need a git repo with at least one commit (git init && git commit)")
+    raise typer.Exit(subprocess.call([dvc, "repro", *ctx.args], env=env))
 
 
 @app.command()

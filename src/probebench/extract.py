@@ -44,19 +44,23 @@ class PromptBatch:
 
 
 def anchor_token_index(offsets: Sequence[tuple[int, int]], special: Sequence[int], anchor: int, *, where: str) -> int:
-    """Index of the token covering character `anchor - 1` (the token that ends at or covers the
-    anchor); special tokens (BOS, offset (0, 0)) never match."""
-    best = None
+    """Index of the token that ends at or covers the anchor: the last token covering character
+    `anchor - 1` (byte-level tokenizers split a multi-byte character into several tokens with
+    the same span; the character is complete only at the last one). Special tokens (BOS, offset
+    (0, 0)) never match."""
+    covering, before = None, None
     for i, ((start, end), is_special) in enumerate(zip(offsets, special)):
         if is_special or end <= start:
             continue
         if start <= anchor - 1 < end:
-            return i
-        if end <= anchor:
-            best = i  # the anchor falls in text no token covers (e.g. a stripped space)
-    if best is None:
+            covering = i
+        elif end <= anchor:
+            before = i  # the anchor falls in text no token covers (e.g. a stripped space)
+    if covering is not None:
+        return covering
+    if before is None:
         raise CheckpointError(f"{where}: no token ends at or before anchor {anchor}; check the prompt's anchor")
-    return best
+    return before
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], anchors: Sequence[int], *,

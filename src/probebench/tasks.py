@@ -241,11 +241,13 @@ def read_user_prompts(path: Path, *, name: str, split_salt: str, test_fraction: 
         raise
     except Exception as exc:  # pandas raises many types; the user needs the file name
         raise PromptSetError(f"{path}: cannot read prompt file ({exc})") from exc
-    if "split" not in df.columns:
-        df["split"] = np.nan
+    if "id" not in df.columns:
+        raise PromptSetError(f"{path}: missing column 'id'; every prompt needs a unique id")
     df["id"] = df["id"].astype(str)
-    missing_split = df["split"].isna() | (df["split"] == "")
-    df.loc[missing_split, "split"] = [hash_split(i, split_salt, test_fraction) for i in df.loc[missing_split, "id"]]
+    given = df["split"].astype(object) if "split" in df.columns else pd.Series([None] * len(df), dtype=object)
+    assigned = [s if isinstance(s, str) and s else hash_split(i, split_salt, test_fraction)
+                for s, i in zip(given, df["id"])]
+    df["split"] = pd.Series(assigned, index=df.index, dtype=object)
     return finalize(df, source=str(path))
 
 
@@ -262,6 +264,9 @@ def test_set_hash(df: pd.DataFrame) -> str:
         record["anchor"] = int(record["anchor"])
         lines.append(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+test_set_hash.__test__ = False  # not a pytest test, despite the name
 
 
 def train_hash(df: pd.DataFrame) -> str:

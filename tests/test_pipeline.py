@@ -1,0 +1,111 @@
+"""Acceptance: the DVC pipeline on a temporary copy of the project with a tiny zoo.
+
+Runs `dvc repro` end to end, then checks that a no-op repro does nothing, that editing one
+model's layer reruns only what depends on it (and the cell store recomputes only cells involving
+that model), and that a bootstrap change reruns no ablation."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.pipeline
+
+TINY = {
+    "seed": 0,
+    "tasks": {"sentiment": {"kind": "sentiment", "n_train": 96, "n_test": 48},
+              "consistency": {"kind": "consistency", "n_train": 96, "n_test": 48}},
+    "zoo": {"threads": 1, "models": {
+        "llama-t": {"family": "llama", "d_model": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 140, "steps": 15, "batch_size": 16},
+        "qwen2-t": {"family": "qwen2", "d_model": 24, "n_layers": 2, "n_heads": 2, "vocab_size": 450, "steps": 15, "batch_size": 16},
+        "gpt2-t": {"family": "gpt2", "d_model": 16, "n_layers": 3, "n_heads": 2, "vocab_size": 320, "steps": 15, "batch_size": 16}}},
+    "models": {m: {"path": f"data/zoo/{m}", "layer": 0.5} for m in ("llama-t", "qwen2-t", "gpt2-t")},
+    "bootstrap": {"n_resamples": 50},
+    "matrix": {"min_n": 40, "scored_run": True},
+}
+
+
+def repro(project: Path, *args: str) -> list[str]:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env, text=True,
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return re.findall(r"Running stage '([^']+)'", proc.stdout)
+
+
+def metrics(project: Path, name: str) -> dict:
+    return json.loads((project / "metrics" / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = tmp_path_factory.mktemp("project")
+    for item in ("dvc.yaml", "stages", "src", ".dvcignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
+    shutil.rmtree(project / "src" / "probebench.egg-info", ignore_errors=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
+    (project / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n    no_scm = True\n")
+    ran = repro(project, "repro")
+    return project, ran
+
+
+def test_full_pipeline_runs_and_produces_valid_entries(project):
+    project, ran = project
+    assert {"zoo@llama-t", "extract@gpt2-t", "probe@qwen2-t", "ablate@llama-t", "matrix", "emit"} <= set(ran)
+    cells = pd.read_parquet(project / "reports" / "cells.parquet")
+    assert len(cells) == 2 * 3 * 3
+    assert (cells.loc[cells.diagonal, "pearson"] == 1.0).all()
+    entries = yaml.safe_load((project / "reports" / "probebench.yaml").read_text())
+    assert len(entries) == 2 * 3 * 2
+    assert all(set(e) == {"probeId", "sourceModel", "targetModel", "pearson_ce", "transfer_auroc", "notes"} for e in entries)
+    for m in ("llama-t", "qwen2-t", "gpt2-t"):
+        assert metrics(project, f"ablate/{m}.json") == {"cells_computed": 6, "cells_cached": 0, "cells_corrupt_recomputed": 0}
+    assert repro(project, "repro") == []  # a second repro does nothing
+
+
+def test_one_model_change_reruns_only_what_depends_on_it(project):
+    project, _ = project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["gpt2-t"]["layer"] = 1.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = set(repro(project, "repro"))
+    assert ran == {"extract@gpt2-t", "probe@gpt2-t", "ablate@llama-t", "ablate@qwen2-t", "ablate@gpt2-t",
+                   "normalize", "bootstrap", "matrix", "emit"}
+    assert metrics(project, "ablate/gpt2-t.json")["cells_computed"] == 6
+    for other in ("llama-t", "qwen2-t"):  # only the cells whose source is gpt2-t (one per task)
+        assert metrics(project, f"ablate/{other}.json") == {"cells_computed": 2, "cells_cached": 4,
+                                                             "cells_corrupt_recomputed": 0}
+
+
+def test_bootstrap_change_reruns_no_ablation(project):
+    project, _ = project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["bootstrap"]["n_resamples"] = 60
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(repro(project, "repro")) == {"bootstrap", "matrix", "emit"}
+
+
+def test_scored_run_with_too_few_prompts_is_a_clear_error(project):
+    project, _ = project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["matrix"]["min_n"] = 200
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = (project / "reports" / "probebench.yaml").read_bytes()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=project, env=env, text=True,
+                          capture_output=True)
+    assert proc.returncode != 0
+    assert "tasks.sentiment has N=48 test prompts, fewer than matrix.min_n=200" in proc.stdout + proc.stderr
+    assert (project / "reports" / "probebench.yaml").read_bytes() == before
