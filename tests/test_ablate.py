@@ -74,3 +74,22 @@ def test_bad_ablation_config_is_refused():
         AblationSpec(mode="mean", layers="from_layer")
     with pytest.raises(AblationError, match="mode"):
         AblationSpec(mode="zero")
+
+
+def test_readout_edit_matches_projection_at_readout_and_kl_is_nonnegative(tiny_models):
+    """Subtracting (h.u)u at the readout token through the edit path equals projection ablation
+    restricted to the readout position; KL(ablated || clean) >= 0 and is 0 for a zero edit."""
+    from probebench.extract import extract
+
+    for family, (model, tok) in tiny_models.items():
+        d = model.config.get_text_config().hidden_size
+        u = np.random.default_rng(2).normal(size=d)
+        u /= np.linalg.norm(u)
+        acts = extract(model, tok, PROMPTS, layer=1)["acts_ND"].astype(np.float64)
+        edits = np.stack([(acts @ u)[:, None] * u[None, :], np.zeros_like(acts)])
+        out = __import__("probebench.ablate", fromlist=["x"]).readout_edit_effects(
+            model, tok, PROMPTS, layer=1, edits_KND=edits, batch_size=7)
+        ref = ablation_effects(model, tok, PROMPTS, layer=1, dirs_KD=u[None], spec=AblationSpec(positions="readout"))
+        assert np.abs(out["ablated_margin_KN"][0] - ref["ablated_margin_KN"][0]).max() <= 1e-4, family
+        assert (out["kl_KN"] >= 0).all() and np.abs(out["kl_KN"][1]).max() <= 1e-5 and out["kl_KN"][0].max() > 0
+        assert np.abs(out["ablated_margin_KN"][1] - out["clean_margin_N"]).max() <= 1e-4

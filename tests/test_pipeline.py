@@ -21,8 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
 
-TINY = {
-    "seed": 0,
+TINY_OVERRIDES = {
     "tasks": {"sentiment": {"kind": "sentiment", "n_train": 96, "n_test": 48},
               "consistency": {"kind": "consistency", "n_train": 96, "n_test": 48}},
     "zoo": {"threads": 1, "models": {
@@ -30,9 +29,17 @@ TINY = {
         "qwen2-t": {"family": "qwen2", "d_model": 24, "n_layers": 2, "n_heads": 2, "vocab_size": 450, "steps": 15, "batch_size": 16},
         "gpt2-t": {"family": "gpt2", "d_model": 16, "n_layers": 3, "n_heads": 2, "vocab_size": 320, "steps": 15, "batch_size": 16}}},
     "models": {m: {"path": f"data/zoo/{m}", "layer": 0.5} for m in ("llama-t", "qwen2-t", "gpt2-t")},
-    "bootstrap": {"n_resamples": 50},
-    "matrix": {"min_n": 40, "scored_run": True},
 }
+
+
+def tiny_params() -> dict:
+    """The project's params.yaml with a tiny zoo and small prompt sets (every section present:
+    DVC refuses a stage whose params keys are missing)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(TINY_OVERRIDES)
+    params["bootstrap"]["n_resamples"] = 50
+    params["matrix"]["min_n"] = 40
+    return params
 
 
 def repro(project: Path, *args: str) -> list[str]:
@@ -54,7 +61,7 @@ def project(tmp_path_factory):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
     shutil.rmtree(project / "src" / "probebench.egg-info", ignore_errors=True)
-    (project / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
     (project / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n    no_scm = True\n")
     ran = repro(project, "repro")

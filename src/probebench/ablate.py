@@ -178,27 +178,83 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         raise AblationError(f"{where}: a direction is zero or non-finite; check the probe / transfer")
     if spec.mode == "mean" and (mus_K is None or len(mus_K) != len(dirs_KD)):
         raise AblationError(f"{where}: mean ablation needs one train mean of h.u per direction")
-    blocks = decoder_blocks(model)
-    if not 0 <= layer < len(blocks):
-        raise AblationError(f"{where}: layer {layer} out of range for {len(blocks)} blocks")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    device, dtype = _device_dtype(model)
     units_KD = torch.tensor(dirs_KD / norms_K[:, None], dtype=dtype, device=device)
     if units_KD.shape[1] != _width(model):
         raise AblationError(f"{where}: directions have d={units_KD.shape[1]} but the model's d_model is {_width(model)}")
     mus = None if spec.mode == "projection" else torch.tensor(np.asarray(mus_K), dtype=dtype, device=device)
-    positive, negative = prompts["positive"].iloc[0], prompts["negative"].iloc[0]
-    pos, neg = class_token_ids(tokenizer, positive, negative, where=where)
-    K = len(units_KD)
-    texts, anchors, ids = prompts["text"].tolist(), prompts["anchor"].tolist(), prompts["id"].tolist()
-    clean = {k: [] for k in ("margin", "logit_pos", "logprob_pos")}
-    ablated = {k: [] for k in clean}
+    blocks = decoder_blocks(model)
 
+    def readout_of(batch):
+        return batch.readout_B if spec.positions == "readout" else None
+
+    def make_resid(resid_BPD, batch, rows, k0, k):
+        chunk_mus = None if mus is None else mus[k0: k0 + k]
+        return ablate_resid(resid_BPD.unsqueeze(0).expand(k, -1, -1, -1), units_KD[k0: k0 + k], chunk_mus,
+                            readout_of(batch))
+
+    def make_hooks(batch, k0, k):
+        B, dirs = batch.ids_BP.shape[0], units_KD[k0: k0 + k]
+        # Later blocks re-apply the projection when ablating from the layer onwards.
+        later = [(blocks[i], _edit_hook(dirs, None, readout_of(batch), B)) for i in range(layer + 1, len(blocks))] \
+            if spec.layers == "from_layer" else []
+        if engine == "hooks":
+            chunk_mus = None if mus is None else mus[k0: k0 + k]
+            return [(blocks[layer], _edit_hook(dirs, chunk_mus, readout_of(batch), B)), *later]
+        return later
+
+    return _edit_passes(model, tokenizer, prompts, layer=layer, n_edits=len(units_KD),
+                        make_resid=make_resid if engine == "prefix" else None, make_hooks=make_hooks,
+                        batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, where=where, progress=progress)
+
+
+@torch.no_grad()
+def readout_edit_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *,
+                         layer: int, edits_KND: np.ndarray, batch_size: int = 64, memory_budget_bytes: float = 2e9,
+                         where: str = "", progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Subtract a per-prompt vector from block `layer`'s output at the readout token, K edits
+    (e.g. a crosscoder latent's contribution f_j(x) d_j). Same outputs as `ablation_effects` plus
+    `kl_KN` = KL(ablated || clean) of the next-token distribution at the readout."""
+    edits_KND = np.asarray(edits_KND)
+    if edits_KND.ndim != 3 or edits_KND.shape[1] != len(prompts) or edits_KND.shape[2] != _width(model):
+        raise AblationError(f"{where}: edits must be [K, N={len(prompts)}, D={_width(model)}], got {edits_KND.shape}")
+    device, dtype = _device_dtype(model)
+    edits = torch.tensor(edits_KND, dtype=dtype, device=device)
+
+    def make_resid(resid_BPD, batch, rows, k0, k):
+        resid_kBPD = resid_BPD.unsqueeze(0).repeat(k, 1, 1, 1)
+        b = torch.arange(resid_BPD.shape[0], device=device)
+        resid_kBPD[:, b, batch.readout_B] = resid_kBPD[:, b, batch.readout_B] - edits[k0: k0 + k, rows]
+        return resid_kBPD
+
+    return _edit_passes(model, tokenizer, prompts, layer=layer, n_edits=len(edits), make_resid=make_resid,
+                        make_hooks=lambda batch, k0, k: [], batch_size=batch_size,
+                        memory_budget_bytes=memory_budget_bytes, where=where, progress=progress, with_kl=True)
+
+
+def _device_dtype(model: PreTrainedModel) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_hooks, batch_size,
+                 memory_budget_bytes, where, progress, with_kl=False) -> dict[str, np.ndarray]:
+    """The shared loop: per prompt batch one clean pass (capturing block `layer`'s output), then
+    per chunk of edits either the suffix only with the edited residual injected (`make_resid`,
+    prefix reuse) or a full forward with the edit hooks (`make_resid=None`)."""
+    blocks = decoder_blocks(model)
+    if not 0 <= layer < len(blocks):
+        raise AblationError(f"{where}: layer {layer} out of range for {len(blocks)} blocks")
+    device, _ = _device_dtype(model)
+    pos, neg = class_token_ids(tokenizer, prompts["positive"].iloc[0], prompts["negative"].iloc[0], where=where)
+    texts, anchors, ids = prompts["text"].tolist(), prompts["anchor"].tolist(), prompts["id"].tolist()
+    keys = ("margin", "logit_pos", "logprob_pos")
+    clean = {k: [] for k in keys}
+    ablated = {k: [] for k in (*keys, "kl")}
     for start in range(0, len(texts), batch_size):
-        sl = slice(start, start + batch_size)
-        batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl]).to(device)
+        rows = slice(start, start + batch_size)
+        batch = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows]).to(device)
         B = batch.ids_BP.shape[0]
-        readout = batch.readout_B if spec.positions == "readout" else None
         captured: dict = {}
 
         def capture(_m, _i, output):
@@ -206,39 +262,41 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             captured["as_tuple"] = isinstance(output, tuple)
 
         with hooks([(blocks[layer], capture)]):
-            clean_stats = margin_stats(_readout_logits(model, batch), pos, neg)
+            clean_BV = _readout_logits(model, batch).float()
+        clean_stats = margin_stats(clean_BV, pos, neg)
         check_finite("clean logits", clean_stats["margin"], where=where)
-        for key in clean:
+        for key in keys:
             clean[key].append(clean_stats[key].cpu().numpy())
-        resid_BPD = captured["resid_BPD"]
-        k_step = direction_batch_size(model, batch, K, memory_budget_bytes)
-        rows = {key: [] for key in clean}
-        for k0 in range(0, K, k_step):
-            dirs = units_KD[k0: k0 + k_step]
-            k = len(dirs)
-            chunk_mus = None if mus is None else mus[k0: k0 + k]
-            # Later blocks re-apply the projection when ablating from the layer onwards.
-            later = [(blocks[i], _edit_hook(dirs, None, readout, B)) for i in range(layer + 1, len(blocks))] \
-                if spec.layers == "from_layer" else []
-            if engine == "hooks":
-                with hooks([(blocks[layer], _edit_hook(dirs, chunk_mus, readout, B)), *later]):
+        clean_logp_BV = torch.log_softmax(clean_BV, dim=-1)
+        k_step = direction_batch_size(model, batch, n_edits, memory_budget_bytes)
+        chunks = {key: [] for key in ablated}
+        for k0 in range(0, n_edits, k_step):
+            k = min(k_step, n_edits - k0)
+            if make_resid is None:
+                with hooks(make_hooks(batch, k0, k)):
                     logits_kBV = _readout_logits(model, batch, k=k)
             else:
-                resid_kBPD = ablate_resid(resid_BPD.unsqueeze(0).expand(k, -1, -1, -1), dirs, chunk_mus, readout)
-                with prefix_stubs(model, layer, captured["as_tuple"]) as inject, hooks(later):
-                    inject.resid = resid_kBPD.reshape(k * B, *resid_BPD.shape[1:])
+                resid_kBPD = make_resid(captured["resid_BPD"], batch, rows, k0, k)
+                with prefix_stubs(model, layer, captured["as_tuple"]) as inject, hooks(make_hooks(batch, k0, k)):
+                    inject.resid = resid_kBPD.reshape(k * B, *resid_kBPD.shape[2:])
                     logits_kBV = _readout_logits(model, batch, k=k)
             stats = margin_stats(logits_kBV, pos, neg)
             check_finite("ablated logits", stats["margin"], where=where)
-            for key in rows:
-                rows[key].append(stats[key].reshape(k, B).cpu().numpy())
+            for key in keys:
+                chunks[key].append(stats[key].reshape(k, B).cpu().numpy())
+            if with_kl:
+                logp_kBV = torch.log_softmax(logits_kBV.float(), dim=-1).reshape(k, B, -1)
+                kl_kB = (logp_kBV.exp() * (logp_kBV - clean_logp_BV)).sum(-1).clamp(min=0.0)
+                chunks["kl"].append(kl_kB.cpu().numpy())
         for key in ablated:
-            ablated[key].append(np.concatenate(rows[key], axis=0))
+            if chunks[key]:
+                ablated[key].append(np.concatenate(chunks[key], axis=0))
         if progress is not None:
             progress(min(start + batch_size, len(texts)))
-
     out = {f"clean_{k}_N": np.concatenate(v).astype(np.float32) for k, v in clean.items()}
-    out.update({f"ablated_{k}_KN": np.concatenate(v, axis=1).astype(np.float32) for k, v in ablated.items()})
+    out.update({f"ablated_{k}_KN": np.concatenate(v, axis=1).astype(np.float32) for k, v in ablated.items() if v})
+    if with_kl:
+        out["kl_KN"] = out.pop("ablated_kl_KN")
     return out
 
 
