@@ -183,6 +183,32 @@ class MatrixParams(_Strict):
     scored_run: bool = True
 
 
+class CrosscoderParams(_Strict):
+    """Crosscoder audit of a base/IT pair (keys of `models`, sharing a tokenizer).
+
+    checkpoint: a published crosscoder to load instead of training one (.pt/.safetensors or a
+    directory with cfg.json). n_latents/k/steps/batch_size/lr: BatchTopK training. train_tasks:
+    prompt sets whose train texts (every token) are the training data. audit_task: prompt set
+    whose test prompts are the M inputs. rel_norm_band/top_k: shared latents = relative decoder
+    norm inside the band, top_k by firing frequency."""
+    base: str
+    chat: str
+    checkpoint: str | None = None
+    n_latents: int = Field(512, ge=2)
+    k: int = Field(16, ge=1)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    train_tasks: tuple[str, ...] = ()
+    audit_task: str
+    rel_norm_band: tuple[float, float] = (0.3, 0.7)
+    top_k: int = Field(80, ge=1)
+    min_frequency: float = Field(0.0, ge=0, le=1)
+    cos_threshold: float = 0.7
+    ce_threshold: float = 0.5
+
+
 class EmitParams(_Strict):
     probe_id_prefix: str = "probebench"
 
@@ -201,6 +227,7 @@ class Params(_Strict):
     bootstrap: BootstrapParams = BootstrapParams()
     matrix: MatrixParams = MatrixParams()
     emit: EmitParams = EmitParams()
+    crosscoder: CrosscoderParams | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -208,6 +235,14 @@ class Params(_Strict):
             _check_slug(slug, "tasks")
         for slug in self.models:
             _check_slug(slug, "models")
+        if self.crosscoder is not None:
+            cc = self.crosscoder
+            for key in ("base", "chat"):
+                if getattr(cc, key) not in self.models:
+                    raise ValueError(f"crosscoder.{key} {getattr(cc, key)!r} is not a key of models: {sorted(self.models)}")
+            for task in (*cc.train_tasks, cc.audit_task):
+                if task not in self.tasks:
+                    raise ValueError(f"crosscoder task {task!r} is not a key of tasks: {sorted(self.tasks)}")
         return self
 
     def synthetic_spec(self, name: str) -> SyntheticTaskSpec:
