@@ -39,6 +39,9 @@ def tiny_params() -> dict:
     params.update(TINY_OVERRIDES)
     params["bootstrap"]["n_resamples"] = 50
     params["matrix"]["min_n"] = 40
+    # the audit on a model paired with itself: a smoke run of both crosscoder stages
+    params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=64, k=4, steps=40, batch_size=64, top_k=5,
+                                rel_norm_band=[0.0, 1.0])
     return params
 
 
@@ -70,7 +73,11 @@ def project(tmp_path_factory):
 
 def test_full_pipeline_runs_and_produces_valid_entries(project):
     project, ran = project
-    assert {"zoo@llama-t", "extract@gpt2-t", "probe@qwen2-t", "ablate@llama-t", "matrix", "emit"} <= set(ran)
+    assert {"zoo@llama-t", "extract@gpt2-t", "probe@qwen2-t", "ablate@llama-t", "matrix", "emit", "report",
+            "crosscoder_train", "crosscoder_audit"} <= set(ran)
+    audit = metrics(project, "crosscoder.json")
+    assert audit["n_latents"] >= 1 and audit["ce_kl"]["formulae"]["one_minus_median_ratio"]
+    assert (project / "reports" / "index.html").exists()
     cells = pd.read_parquet(project / "reports" / "cells.parquet")
     assert len(cells) == 2 * 3 * 3
     assert (cells.loc[cells.diagonal, "pearson"] == 1.0).all()
@@ -89,7 +96,7 @@ def test_one_model_change_reruns_only_what_depends_on_it(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = set(repro(project, "repro"))
     assert ran == {"extract@gpt2-t", "probe@gpt2-t", "ablate@llama-t", "ablate@qwen2-t", "ablate@gpt2-t",
-                   "normalize", "bootstrap", "matrix", "emit"}
+                   "normalize", "bootstrap", "matrix", "emit", "report"}
     assert metrics(project, "ablate/gpt2-t.json")["cells_computed"] == 6
     for other in ("llama-t", "qwen2-t"):  # only the cells whose source is gpt2-t (one per task)
         assert metrics(project, f"ablate/{other}.json") == {"cells_computed": 2, "cells_cached": 4,
@@ -101,7 +108,8 @@ def test_bootstrap_change_reruns_no_ablation(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["bootstrap"]["n_resamples"] = 60
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(repro(project, "repro")) == {"bootstrap", "matrix", "emit"}
+    # the crosscoder audit's CIs use the bootstrap settings too; no ablation stage reruns
+    assert set(repro(project, "repro")) == {"bootstrap", "matrix", "emit", "report", "crosscoder_audit"}
 
 
 def test_scored_run_with_too_few_prompts_is_a_clear_error(project):
