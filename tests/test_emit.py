@@ -1,4 +1,3 @@
-import pandas as pd
 import pytest
 
 from probebench.emit import build_entries, notes_line, probe_id

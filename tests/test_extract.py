@@ -1,14 +1,10 @@
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from probebench.extract import CheckpointError, class_token_ids, encode_prompts, extract
 from probebench.models import ModelError, decoder_blocks, resolve_layer
 from probebench.tasks import SyntheticTaskSpec, build_synthetic
-from probebench.zoo import ZooModelSpec, train_tokenizer
+from probebench.zoo import train_tokenizer
 
 TEXTS = ["the café  was   very good . verdict :", "naïve  reviewers say the hotel was bad . verdict :",
          "the box is red . alice says the box is surely blue . honest ?"]

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
+
+from probebench.io import atomic_write_bytes
 
 __all__ = [
     "ARRAY_NAME",
@@ -806,27 +807,6 @@ def unified_diff(old: str, new: str, path: str | os.PathLike) -> str:
     return "".join(out)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def apply_file(
     yaml_path: str | os.PathLike, ts_path: str | os.PathLike, *, dry_run: bool
 ) -> tuple[str, int, int]:
@@ -853,7 +833,7 @@ def apply_file(
     diff = unified_diff(old, new, tpath)
     if not dry_run and new != old:
         try:
-            _atomic_write(tpath, new)
+            atomic_write_bytes(tpath, new.encode("utf-8"))
         except OSError as exc:
             raise LeaderboardError(
                 f"{tpath}: cannot write ({exc}); fix: check permissions of the file and its directory"

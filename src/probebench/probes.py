@@ -44,7 +44,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,8 @@ import safetensors.numpy
 import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+
+from probebench.io import atomic_write_bytes
 
 __all__ = [
     "Probe",
@@ -613,8 +614,8 @@ def save_probe(probe: Probe, dir_path: str | os.PathLike) -> Path:
             f"{d / CARD_FILE}: probe.card is not JSON-serialisable ({exc}); use str/int/float/bool/None, "
             "lists and dicts (NaN must be None)"
         ) from exc
-    _atomic_write(d / DIRECTION_FILE, st_bytes)
-    _atomic_write(d / CARD_FILE, card_text.encode("utf-8"))
+    atomic_write_bytes(d / DIRECTION_FILE, st_bytes)
+    atomic_write_bytes(d / CARD_FILE, card_text.encode("utf-8"))
     return d
 
 
@@ -662,21 +663,6 @@ def _json_default(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; saved probes are shared artifacts
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
