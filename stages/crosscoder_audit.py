@@ -15,7 +15,7 @@ import torch
 from _common import console, run
 from crosscoder_train import load_pair
 
-from probebench.audit import audit_summary, audit_table, latent_effects, paired_activations
+from probebench.audit import audit_summary, audit_table, latent_effects, readout_activations
 from probebench.crosscoder import BatchTopKCrossCoder, firing_frequency, latent_table, select_shared_latents
 from probebench.io import atomic_write_bytes, atomic_write_text, write_json
 from probebench.params import Params
@@ -27,14 +27,16 @@ def main(params: Params, argv: list[str]) -> None:
     cc = BatchTopKCrossCoder.from_pretrained("data/crosscoder/crosscoder.safetensors").eval()
     prompts = pd.read_parquet(Path("data/prompts") / f"{p.audit_task}.parquet").query("split == 'test'")
     prompts = prompts.reset_index(drop=True)
-    acts_NMD = paired_activations(models, tokenizer, prompts["text"].tolist(), layers=layers)
+    # Firing frequency at the ablation site (the readout token): a latent that never fires there
+    # has no effect to correlate.
+    acts_NMD = readout_activations(models, tokenizer, prompts, layers=layers)
     stats = latent_table(cc, firing_frequency_F=firing_frequency(cc, torch.from_numpy(acts_NMD)))
     latents = select_shared_latents(stats, rel_norm_band=tuple(p.rel_norm_band), top_k=p.top_k,
                                     min_frequency=p.min_frequency)
     if not latents:
         raise ValueError("crosscoder: no latent has a relative decoder norm inside crosscoder.rel_norm_band; "
                          "widen the band")
-    effects = latent_effects(cc, models, tokenizer, prompts, layers=layers, latents=latents)
+    effects = latent_effects(cc, models, tokenizer, prompts, layers=layers, latents=latents, readout_acts_NMD=acts_NMD)
     if (effects["kl_MLN"] < 0).any():
         raise ValueError("crosscoder audit: negative KL; this is a bug, please report it")
     table = audit_table(stats, effects, latents, n_resamples=params.bootstrap.n_resamples, seed=params.bootstrap.seed,

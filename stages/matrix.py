@@ -28,7 +28,8 @@ def main(params: Params, argv: list[str]) -> None:
     # prompts@task refuses train/test overlap, so an existing prompt set passed the held-out check.
     heldout_ok = {task: True for task in prompt_info}
     rules = RuleConfig(not_same_threshold=m.not_same_threshold, cosine_confound_threshold=m.cosine_confound_threshold,
-                       min_n=m.min_n, min_sources=m.min_sources, normalization=normalization)
+                       min_n=m.min_n, min_sources=m.min_sources, normalization=normalization,
+                       min_effect_sd=m.min_effect_sd)
     cells = apply_rules(cells, rules, heldout_ok=heldout_ok)
     cells["test_set_hash"] = cells["task"].map({t: i["test_set_hash"] for t, i in prompt_info.items()})
     cells["normalization"] = normalization
@@ -38,6 +39,7 @@ def main(params: Params, argv: list[str]) -> None:
     metrics: dict = {"n_cells": int(len(cells)), "n_scored": int(cells["scored"].sum()),
                      "n_not_same_mechanism": int(off["not_same_mechanism"].sum()),
                      "n_cosine_confound": int(off["cosine_confound"].sum()),
+                     "n_inert_direction": int(off["inert_direction"].sum()),
                      "probe_score": probe_scores(cells), "tasks": {}}
     for task in params.tasks:
         for stat in ("pearson", "ci_low", "ci_high", "cosine"):

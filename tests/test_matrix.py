@@ -96,6 +96,7 @@ def test_rules_flags_and_scoring():
     ruled = apply_rules(cells, RuleConfig(), heldout_ok={"t": True})
     off = ruled[~ruled.diagonal]
     assert off.not_same_mechanism.all() and off.cosine_confound.all() and ruled.scored.all()
+    assert not ruled.inert_direction.any()
     assert not ruled[ruled.diagonal].not_same_mechanism.any()
     few = apply_rules(cells, RuleConfig(min_sources=4), heldout_ok={"t": True})
     assert not few.scored.any() and few.unscored_reason.str.contains("3 source model").all()
@@ -105,6 +106,18 @@ def test_rules_flags_and_scoring():
     assert not naive.scored.any()
     leaked = apply_rules(cells, RuleConfig(), heldout_ok={"t": False})
     assert not leaked.scored.any()
+
+
+def test_inert_direction_flag_marks_cells_whose_ablation_barely_moves_the_margin():
+    effects, transfers = synthetic_effects(rho=0.6, seed=5)
+    quiet = effects.copy()
+    on_c = (quiet.target == "c") & (quiet.source != "c")
+    quiet.loc[on_c, ["delta", "ablated_margin"]] = quiet.loc[on_c, ["delta", "ablated_margin"]] * [1e-3, 1]
+    ruled = apply_rules(cells_for(quiet, transfers), RuleConfig(min_effect_sd=0.05), heldout_ok={"t": True})
+    off = ruled[~ruled.diagonal]
+    assert off.loc[off.target == "c", "inert_direction"].all()
+    assert not off.loc[off.target != "c", "inert_direction"].any()
+    assert ruled.scored.all()  # diagnostic only: the scoring rule is DESIGN's four conditions
 
 
 def test_probe_score_is_mean_of_scored_offdiagonal_clamped():

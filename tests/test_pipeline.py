@@ -24,7 +24,7 @@ pytestmark = pytest.mark.pipeline
 TINY_OVERRIDES = {
     "tasks": {"sentiment": {"kind": "sentiment", "n_train": 96, "n_test": 48},
               "consistency": {"kind": "consistency", "n_train": 96, "n_test": 48}},
-    "zoo": {"threads": 1, "models": {
+    "zoo": {"threads": 1, "finetunes": {}, "models": {
         "llama-t": {"family": "llama", "d_model": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 140, "steps": 15, "batch_size": 16},
         "qwen2-t": {"family": "qwen2", "d_model": 24, "n_layers": 2, "n_heads": 2, "vocab_size": 450, "steps": 15, "batch_size": 16},
         "gpt2-t": {"family": "gpt2", "d_model": 16, "n_layers": 3, "n_heads": 2, "vocab_size": 320, "steps": 15, "batch_size": 16}}},
@@ -36,7 +36,8 @@ def tiny_params() -> dict:
     """The project's params.yaml with a tiny zoo and small prompt sets (every section present:
     DVC refuses a stage whose params keys are missing)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(TINY_OVERRIDES)
+    for key, value in TINY_OVERRIDES.items():
+        params[key] = {**params[key], **value} if key == "zoo" else value
     params["bootstrap"]["n_resamples"] = 50
     params["matrix"]["min_n"] = 40
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
@@ -45,8 +46,15 @@ def tiny_params() -> dict:
     return params
 
 
+def stage_env(project: Path) -> dict:
+    # The editable install points at this checkout's src/; the copy's stages must run the copy's
+    # code (the files DVC hashes), so its src/ goes first on PYTHONPATH.
+    return {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+            "PYTHONPATH": str(project / "src")}
+
+
 def repro(project: Path, *args: str) -> list[str]:
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    env = stage_env(project)
     proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env, text=True,
                           capture_output=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -118,7 +126,7 @@ def test_scored_run_with_too_few_prompts_is_a_clear_error(project):
     params["matrix"]["min_n"] = 200
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before = (project / "reports" / "probebench.yaml").read_bytes()
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    env = stage_env(project)
     proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=project, env=env, text=True,
                           capture_output=True)
     assert proc.returncode != 0

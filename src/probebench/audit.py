@@ -65,15 +65,23 @@ def paired_activations(models: Sequence[PreTrainedModel], tokenizer: PreTrainedT
     return np.concatenate(out).astype(np.float32)
 
 
+def readout_activations(models: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+                        prompts: pd.DataFrame, *, layers: Sequence[int], batch_size: int = 64) -> np.ndarray:
+    """Both models' layer outputs at each prompt's readout token (the ablation site): [N, M, D]."""
+    return np.stack([extract(model, tokenizer, prompts, layer=layer, batch_size=batch_size)["acts_ND"]
+                     for model, layer in zip(models, layers)], axis=1)
+
+
 @torch.no_grad()
 def latent_effects(cc: BatchTopKCrossCoder, models: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
-                   prompts: pd.DataFrame, *, layers: Sequence[int], latents: Sequence[int], batch_size: int = 64,
+                   prompts: pd.DataFrame, *, layers: Sequence[int], latents: Sequence[int],
+                   readout_acts_NMD: np.ndarray | None = None, batch_size: int = 64,
                    progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Per latent j, per model m, per input i: subtract f_j(x_i) d_j^m at the readout token of
     layer L's output; returns f_LN, kl_MLN and delta_MLN (token-margin change)."""
-    acts = [extract(model, tokenizer, prompts, layer=layer, batch_size=batch_size)["acts_ND"]
-            for model, layer in zip(models, layers)]
-    acts_NMD = torch.tensor(np.stack(acts, axis=1))
+    if readout_acts_NMD is None:
+        readout_acts_NMD = readout_activations(models, tokenizer, prompts, layers=layers, batch_size=batch_size)
+    acts_NMD = torch.as_tensor(readout_acts_NMD)
     cc = cc.eval()
     f_NF = cc.encode(acts_NMD)
     lat = torch.as_tensor(list(latents), dtype=torch.long)

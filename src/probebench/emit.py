@@ -21,7 +21,7 @@ def probe_id(prefix: str, task: str, source: str, layer: int, method: str) -> st
 
 
 def _flags(row) -> str:
-    flags = [f for f in ("not_same_mechanism", "cosine_confound") if bool(row[f])]
+    flags = [f for f in ("not_same_mechanism", "cosine_confound", "inert_direction") if bool(row.get(f, False))]
     return ", ".join(flags) if flags else "none"
 
 

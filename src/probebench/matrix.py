@@ -102,14 +102,22 @@ class RuleConfig:
     min_n: int = 200
     min_sources: int = 3
     normalization: str = "token_margin"
+    min_effect_sd: float = 0.05
 
 
 def apply_rules(cells: pd.DataFrame, rules: RuleConfig, *, heldout_ok: dict[str, bool]) -> pd.DataFrame:
-    """Flags (`not_same_mechanism`, `cosine_confound`) and `scored` with the reason when not."""
+    """Flags (`not_same_mechanism`, `cosine_confound`, and the diagnostic `inert_direction`) and
+    `scored` with the reason when not.
+
+    `inert_direction`: ablating the direction moves the margin by less than `min_effect_sd`
+    clean-margin SDs on average on one side, so rho correlates noise (a readout direction that
+    the model does not use). It is reported, not a scoring condition (DESIGN §2 fixes those)."""
     out = cells.copy()
     rho = out["pearson"]
     out["not_same_mechanism"] = (rho < rules.not_same_threshold) | rho.isna()
     out["cosine_confound"] = (out["cosine"] >= rules.cosine_confound_threshold) & (rho < rules.not_same_threshold)
+    out["inert_direction"] = (out[["mean_abs_effect_sd_source", "mean_abs_effect_sd_target"]].min(axis=1)
+                              < rules.min_effect_sd)
     n_sources = out.groupby("task")["source"].transform("nunique")
     reasons = []
     for (_, row), k in zip(out.iterrows(), n_sources):

@@ -175,12 +175,14 @@ class NormalizeParams(_Strict):
 
 class MatrixParams(_Strict):
     """Flags and the scoring rule. scored_run: a task with fewer than min_n test prompts is an
-    error (set false to report such a run unscored)."""
+    error (set false to report such a run unscored). min_effect_sd: below this mean |effect| (in
+    clean-margin SDs) on either side a cell is flagged inert_direction (diagnostic only)."""
     not_same_threshold: float = 0.4
     cosine_confound_threshold: float = 0.7
     min_n: int = Field(200, ge=2)
     min_sources: int = Field(3, ge=1)
     scored_run: bool = True
+    min_effect_sd: float = Field(0.05, ge=0)
 
 
 class CrosscoderParams(_Strict):
