@@ -31,11 +31,13 @@ def main(params: Params, argv: list[str]) -> None:
     # has no effect to correlate.
     acts_NMD = readout_activations(models, tokenizer, prompts, layers=layers)
     stats = latent_table(cc, firing_frequency_F=firing_frequency(cc, torch.from_numpy(acts_NMD)))
-    latents = select_shared_latents(stats, rel_norm_band=tuple(p.rel_norm_band), top_k=p.top_k,
+    # A latent that never fires at the readout token has no effect there and no defined CE.
+    fires = stats[stats["firing_frequency"] > 0]
+    latents = select_shared_latents(fires, rel_norm_band=tuple(p.rel_norm_band), top_k=p.top_k,
                                     min_frequency=p.min_frequency)
     if not latents:
-        raise ValueError("crosscoder: no latent has a relative decoder norm inside crosscoder.rel_norm_band; "
-                         "widen the band")
+        raise ValueError("crosscoder: no latent both fires at the readout token and has a relative decoder norm "
+                         "inside crosscoder.rel_norm_band; widen the band or train the crosscoder longer")
     effects = latent_effects(cc, models, tokenizer, prompts, layers=layers, latents=latents, readout_acts_NMD=acts_NMD)
     if (effects["kl_MLN"] < 0).any():
         raise ValueError("crosscoder audit: negative KL; this is a bug, please report it")

@@ -41,7 +41,7 @@ def tiny_params() -> dict:
     params["bootstrap"]["n_resamples"] = 50
     params["matrix"]["min_n"] = 40
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
-    params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=64, k=4, steps=40, batch_size=64, top_k=5,
+    params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=32, k=8, steps=300, batch_size=64, top_k=5,
                                 rel_norm_band=[0.0, 1.0])
     return params
 
