@@ -40,8 +40,9 @@ from probebench.extract import (
 )
 from probebench.models import block_output, decoder_blocks, hooks, replace_block_output
 
-# Bump when the effect computation changes: it is part of every cell-store key.
-EFFECT_CODE_VERSION = "effects-v1"
+# Bump when the effect computation changes (including how directions are batched: a different
+# batch shape can change the last bits): it is part of every cell-store key.
+EFFECT_CODE_VERSION = "effects-v2"
 
 
 class AblationError(ValueError):
