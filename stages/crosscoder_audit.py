@@ -47,7 +47,11 @@ def main(params: Params, argv: list[str]) -> None:
     summary["n_inputs"] = int(len(prompts))
     summary["layer"] = layers
     atomic_write_text(Path("reports/crosscoder/latents.csv"), table.to_csv(index=False, float_format="%.6g"))
-    write_json(Path("metrics/crosscoder.json"), summary)
+    write_json(Path("reports/crosscoder/summary.json"), summary)
+    # DVC metrics are numbers only; the named formulae stay in reports/crosscoder/summary.json.
+    write_json(Path("metrics/crosscoder.json"),
+               {k: ({kk: vv for kk, vv in v.items() if isinstance(vv, (int, float))} if isinstance(v, dict) else v)
+                for k, v in summary.items() if k != "layer"})
     fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
     ax.scatter(table["decoder_cosine"], table["ce_kl"], s=14, label="CE (KL, published protocol)")
     ax.scatter(table["decoder_cosine"], table["ce_margin"], s=14, marker="x", label="CE (token margin)")

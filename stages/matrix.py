@@ -57,8 +57,10 @@ def main(params: Params, argv: list[str]) -> None:
             "n_targets": int(cells.loc[cells["task"] == task, "target"].nunique()),
         }
     summary = cosine_summary(cells)
-    metrics["cosine_vs_rho"] = {k: (round(v, 4) if isinstance(v, float) and np.isfinite(v) else v)
-                                for k, v in summary.items()}
+    # DVC metrics are numbers; the formulae go into the report next to the same values.
+    write_json(Path("reports/cosine_vs_rho.json"), summary)
+    metrics["cosine_vs_rho"] = {k: round(v, 4) for k, v in summary.items()
+                                if isinstance(v, (int, float)) and np.isfinite(v)}
     write_json(Path("metrics/matrix.json"), metrics)
     for task, t in metrics["tasks"].items():
         console.print(f"matrix {task}: {t['n_sources']}x{t['n_targets']}, off-diagonal rho_CE "

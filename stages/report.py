@@ -76,7 +76,7 @@ def main(params: Params, argv: list[str]) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     parts.append(f"<h2>Geometry vs mechanism</h2><img src='{save_png(fig, 'cosine_vs_rho.png')}'>")
-    s = metrics["cosine_vs_rho"]
+    s = read_json(OUT / "cosine_vs_rho.json")
     parts.append(f"<p>{html.escape(s['formulae']['one_minus_median_ratio'])}: {s['one_minus_median_ratio']:.3f}; "
                  f"{html.escape(s['formulae']['share_high_cos_low_ce'])}: {s['share_high_cos_low_ce']:.3f}</p>")
     flagged = off[off["not_same_mechanism"]].sort_values("pearson")

@@ -84,7 +84,9 @@ def test_full_pipeline_runs_and_produces_valid_entries(project):
     assert {"zoo@llama-t", "extract@gpt2-t", "probe@qwen2-t", "ablate@llama-t", "matrix", "emit", "report",
             "crosscoder_train", "crosscoder_audit"} <= set(ran)
     audit = metrics(project, "crosscoder.json")
-    assert audit["n_latents"] >= 1 and audit["ce_kl"]["formulae"]["one_minus_median_ratio"]
+    assert audit["n_latents"] >= 1 and all(isinstance(v, (int, float)) for v in audit["ce_kl"].values())
+    named = json.loads((project / "reports" / "crosscoder" / "summary.json").read_text())
+    assert named["ce_kl"]["formulae"]["one_minus_median_ratio"] == "1 - median(rho_CE) / median(cos)"
     assert (project / "reports" / "index.html").exists()
     cells = pd.read_parquet(project / "reports" / "cells.parquet")
     assert len(cells) == 2 * 3 * 3
