@@ -55,6 +55,7 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from probebench.checks import require_finite
 from probebench.io import atomic_write_bytes
 
 __all__ = [
@@ -120,7 +121,7 @@ class Probe:
                 f"Probe.direction must be a non-empty 1-D vector [D], got shape {dir_D.shape}; "
                 "pass coef.ravel() for a [1, D] coefficient"
             )
-        _require_finite("Probe.direction", dir_D, ProbeError)
+        require_finite("Probe.direction", dir_D, ProbeError)
         bias = float(self.bias)
         if not np.isfinite(bias):
             raise ProbeError(f"Probe.bias is {bias}; it must be a finite float")
@@ -374,7 +375,7 @@ def _as_vector(vec: Any, p: Path, key: str | None) -> np.ndarray:
             "multi-class or stacked probes are not supported, save one binary direction"
         )
     arr = arr.astype(np.float64)
-    _require_finite(where, arr, ProbeImportError)
+    require_finite(where, arr, ProbeImportError)
     if not np.any(arr):
         raise ProbeImportError(f"{where}: direction is all zeros; it cannot define a probe")
     return arr
@@ -458,7 +459,7 @@ def _bundle_probe(
         dir_D, bias = _fold_standardized(coef_KD[0], float(intercept[0]) if intercept.size else 0.0, scaler)
     except ProbeImportError as exc:
         raise ProbeImportError(f"{source}: {exc}") from None
-    _require_finite(str(source), dir_D, ProbeImportError)
+    require_finite(str(source), dir_D, ProbeImportError)
     method = "logreg" if isinstance(clf, LogisticRegression) else type(clf).__name__
     card = {k: v for k, v in meta.items() if k != "sha256"}
     card.update(method=method, source=str(source), source_format=layout, sha256=digests)
@@ -676,7 +677,7 @@ def _as_acts(acts_ND: Any, name: str, err: type[ProbeError]) -> np.ndarray:
     if not (np.issubdtype(acts.dtype, np.number) or acts.dtype == bool):
         raise err(f"{name} has dtype {acts.dtype}; pass float activations")
     acts = acts.astype(np.float64, copy=False)
-    _require_finite(name, acts, err)
+    require_finite(name, acts, err)
     return acts
 
 
@@ -687,7 +688,7 @@ def _as_labels(y_N: Any, n: int) -> np.ndarray:
     if y.size != n:
         raise ProbeFitError(f"y_N has {y.size} labels but acts_ND has {n} rows; they must be the same prompts")
     if y.dtype.kind == "f":
-        _require_finite("y_N", y, ProbeFitError)
+        require_finite("y_N", y, ProbeFitError)
     bad = ~np.isin(y, (0, 1))
     if bad.any():
         raise ProbeFitError(
@@ -702,11 +703,3 @@ def _as_labels(y_N: Any, n: int) -> np.ndarray:
     return y
 
 
-def _require_finite(name: str, arr: np.ndarray, err: type[ValueError]) -> None:
-    if arr.dtype.kind not in "fc" or np.isfinite(arr).all():
-        return
-    n_nan = int(np.isnan(arr).sum())
-    n_inf = int(np.isinf(arr).sum())
-    first = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-    kinds = ", ".join(s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if s)
-    raise err(f"{name} contains {kinds} value(s) (first at index {first}); drop or recompute those rows")

@@ -32,6 +32,8 @@ from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
+from probebench.checks import require_finite
+
 __all__ = ["DirectionTransfer", "TransferError", "cosine", "TRANSFER_METHODS", "RELATIVE_ALPHAS"]
 
 TRANSFER_METHODS = ("score_ridge", "activation_ridge", "identity")
@@ -199,8 +201,8 @@ def cosine(a_D: np.ndarray, b_D: np.ndarray) -> float:
     b = np.asarray(b_D, dtype=np.float64)
     if a.ndim != 1 or b.ndim != 1 or a.shape != b.shape:
         raise TransferError(f"cosine needs two 1-D vectors of equal length, got shapes {a.shape} and {b.shape}")
-    _finite("a_D", a)
-    _finite("b_D", b)
+    require_finite("a_D", a, TransferError)
+    require_finite("b_D", b, TransferError)
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
         raise TransferError("cosine is undefined for a zero vector; check the direction was fitted")
@@ -214,7 +216,7 @@ def _paired(src: Any, tgt: Any, names: tuple[str, str] = ("src_ND", "tgt_ND")) -
         if a.ndim != 2 or a.shape[1] == 0:
             raise TransferError(f"{name} must be a 2-D array [N prompts, D], got shape {a.shape}")
         a = a.astype(np.float64, copy=False)
-        _finite(name, a)
+        require_finite(name, a, TransferError)
         out.append(a)
     hs, ht = out
     if hs.shape[0] != ht.shape[0]:
@@ -234,15 +236,7 @@ def _direction(dir_D: Any, ds: int) -> np.ndarray:
             f"dir_D has shape {w.shape} but the source activations have Ds={ds}; pass the source probe's "
             "[Ds] direction (probe.direction)"
         )
-    _finite("dir_D", w)
+    require_finite("dir_D", w, TransferError)
     return w
 
 
-def _finite(name: str, arr: np.ndarray) -> None:
-    if np.isfinite(arr).all():
-        return
-    n_nan = int(np.isnan(arr).sum())
-    n_inf = int(np.isinf(arr).sum())
-    first = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-    kinds = ", ".join(s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if s)
-    raise TransferError(f"{name} contains {kinds} value(s) (first at index {first}); drop or recompute those rows")
