@@ -17,7 +17,7 @@ from crosscoder_train import load_pair
 
 from probebench.audit import audit_summary, audit_table, latent_effects, readout_activations
 from probebench.crosscoder import BatchTopKCrossCoder, firing_frequency, latent_table, select_shared_latents
-from probebench.io import atomic_write_bytes, atomic_write_text, write_json
+from probebench.io import atomic_write_text, write_figure, write_json
 from probebench.params import Params
 
 
@@ -62,11 +62,8 @@ def main(params: Params, argv: list[str]) -> None:
     ax.set_title(f"{p.base} vs {p.chat}: {len(table)} shared latents")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = Path("reports/crosscoder/.cosine_vs_ce.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
+    write_figure(Path("reports/crosscoder/cosine_vs_ce.png"), fig)
     plt.close(fig)
-    atomic_write_bytes(Path("reports/crosscoder/cosine_vs_ce.png"), tmp.read_bytes())
-    tmp.unlink()
     for protocol in ("ce_kl", "ce_margin"):
         s = summary[protocol]
         console.print(f"crosscoder {protocol}: median cosine {s['median_cos']:.3f}, median CE {s['median_rho']:.3f}, "

@@ -11,7 +11,7 @@ from _common import console, progress_bar, run
 
 from probebench.audit import check_same_tokenizer, paired_activations
 from probebench.crosscoder import load_crosscoder, train_crosscoder
-from probebench.io import atomic_write_bytes, read_json, write_json
+from probebench.io import read_json, write_json
 from probebench.models import load_model
 from probebench.params import Params
 
@@ -47,12 +47,7 @@ def main(params: Params, argv: list[str]) -> None:
                                        steps=cc_params.steps, batch_size=cc_params.batch_size, lr=cc_params.lr,
                                        seed=cc_params.seed, progress=True)
         metrics = {"source": "trained", "n_tokens": int(acts_NMD.shape[0]), **metrics}
-    out = Path("data/crosscoder/crosscoder.safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".crosscoder.tmp.safetensors")
-    cc.save(tmp)
-    atomic_write_bytes(out, tmp.read_bytes())
-    tmp.unlink()
+    cc.save(Path("data/crosscoder/crosscoder.safetensors"))
     write_json(Path("metrics/crosscoder_train.json"), metrics)
     console.print(f"crosscoder_train: {metrics.get('source')}, variance explained {metrics.get('variance_explained')}, "
                   f"L0 {metrics.get('mean_l0')}, dead {metrics.get('dead_fraction')}")

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from _common import console, run
 
-from probebench.io import atomic_write_bytes, atomic_write_text, read_json
+from probebench.io import atomic_write_text, read_json, write_figure
 from probebench.matrix import matrices
 from probebench.params import Params
 
@@ -22,12 +22,8 @@ OUT = Path("reports")
 
 def save_png(fig, name: str) -> str:
     """Write reports/figures/<name>; returns the path relative to reports/index.html."""
-    (OUT / "figures").mkdir(parents=True, exist_ok=True)
-    tmp = OUT / "figures" / f".{name}.tmp.png"
-    fig.savefig(tmp, metadata={"Software": None})  # no version string: same inputs, same bytes
+    write_figure(OUT / "figures" / name, fig)
     plt.close(fig)
-    atomic_write_bytes(OUT / "figures" / name, tmp.read_bytes())
-    tmp.unlink()
     return f"figures/{name}"
 
 

@@ -36,7 +36,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file as _st_load_file
-from safetensors.torch import save_file as _st_save_file
+from safetensors.torch import save as _st_save_bytes
+
+from probebench.io import atomic_write_bytes
 
 __all__ = [
     "BatchTopKCrossCoder",
@@ -216,13 +218,13 @@ class BatchTopKCrossCoder(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write a safetensors file: the state dict only, no metadata, deterministic bytes.
+        """Write a safetensors file atomically: the state dict only, no metadata, deterministic bytes.
 
         Example:
             >>> cc.save(tmp / "cc.safetensors"); BatchTopKCrossCoder.from_pretrained(tmp / "cc.safetensors")
         """
         state = {name: t.detach().cpu().contiguous().clone() for name, t in self.state_dict().items()}
-        _st_save_file(state, str(path))
+        atomic_write_bytes(path, _st_save_bytes(state))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "BatchTopKCrossCoder":

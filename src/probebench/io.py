@@ -4,6 +4,7 @@ inputs give the same bytes (no timestamps, no random key order, no safetensors m
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -73,6 +74,14 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def write_figure(path: str | Path, fig) -> None:
+    """Save a matplotlib figure as PNG atomically, without the Software tag (it carries the
+    matplotlib version, so the same inputs would not give the same bytes)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @contextlib.contextmanager
