@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from probebench.leaderboard import LeaderboardError, apply_file
+from probebench.leaderboard import LeaderboardError
+from probebench.sitefile import apply_file
 
 app = typer.Typer(
     help="Merge ProbeBench CrossModelTransfer entries into the website's data file.",
