@@ -1,16 +1,10 @@
-"""Known-answer tests for probebench.probes: planted directions, sklearn bundles, save/load."""
+"""Known-answer tests for probebench.probes: planted directions, save/load, and the Haufe activation
+pattern (importing foreign probes is tested in test_probe_import.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-
-import joblib
 import numpy as np
 import pytest
-import safetensors.numpy
-import yaml
-from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -21,9 +15,10 @@ from probebench.probes import (
     ProbeError,
     ProbeFitError,
     ProbeImportError,
+    activation_pattern,
     fit_probe,
-    import_probe,
     load_probe,
+    probe_direction,
     save_probe,
 )
 
@@ -45,10 +40,6 @@ def planted(n: int, seed: int, *, noise: float = 0.5, offset: bool = False, sign
 
 def cos(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------- fit_probe
@@ -144,170 +135,6 @@ def test_probe_is_frozen_and_checks_width():
         Probe(direction=np.zeros(3), bias=0.0, method="raw").unit()
 
 
-# ------------------------------------------------------------------------------- bundles
-
-
-def _fit_sklearn(n_classes: int = 2):
-    X, y, _ = planted(400, seed=10, noise=1.0, offset=True)
-    if n_classes == 3:
-        y = y + (X[:, 0] > np.median(X[:, 0]))
-    scaler = StandardScaler().fit(X)
-    clf = LogisticRegression(C=0.5, max_iter=2000).fit(scaler.transform(X), y)
-    Xt, yt, _ = planted(600, seed=11, noise=1.0, offset=True)
-    return scaler, clf, Xt.astype(np.float64), yt
-
-
-def _two_file_bundle(tmp_path, scaler, clf, **meta_extra):
-    d = tmp_path / "bundle2"
-    d.mkdir()
-    joblib.dump(clf, d / "probe.joblib")
-    joblib.dump(scaler, d / "scaler.joblib")
-    meta = {
-        "model": "toy-a",
-        "layer": 3,
-        "task": "planted",
-        "sha256": {"probe.joblib": sha(d / "probe.joblib"), "scaler.joblib": sha(d / "scaler.joblib")},
-        **meta_extra,
-    }
-    (d / "meta.json").write_text(json.dumps(meta))
-    return d
-
-
-def _one_file_bundle(tmp_path, scaler, clf, *, declare=True):
-    d = tmp_path / "bundle1"
-    d.mkdir()
-    joblib.dump({"probe": clf, "scaler": scaler}, d / "artifact.joblib")
-    meta = {"model": "toy-b", "layer": 1, "task": "planted"}
-    if declare:
-        meta["sha256"] = "sha256:" + sha(d / "artifact.joblib").upper()
-    (d / "meta.yaml").write_text(yaml.safe_dump(meta))
-    return d
-
-
-@pytest.mark.parametrize("layout", ["two_file_json", "one_file_yaml", "one_file_path"])
-def test_bundle_import_matches_predict_proba(tmp_path, layout):
-    scaler, clf, Xt, yt = _fit_sklearn()
-    if layout == "two_file_json":
-        path = _two_file_bundle(tmp_path, scaler, clf)
-    else:
-        path = _one_file_bundle(tmp_path, scaler, clf)
-        if layout == "one_file_path":
-            path = path / "artifact.joblib"
-    probe = import_probe(path, d_model=D, trust_pickle=True)
-    scores = probe.score(Xt)
-    proba = clf.predict_proba(scaler.transform(Xt))[:, 1]
-    assert abs(roc_auc_score(yt, scores) - roc_auc_score(yt, proba)) < 1e-12
-    assert spearmanr(scores, proba).statistic == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(scores, clf.decision_function(scaler.transform(Xt)), rtol=0, atol=1e-8)
-    assert probe.method == "logreg"
-    assert probe.card["task"] == "planted" and probe.card["layer"] in (1, 3)
-    assert all(len(v) == 64 for v in probe.card["sha256"].values())
-
-
-def test_bundle_without_trust_pickle_never_unpickles(tmp_path, monkeypatch):
-    scaler, clf, _, _ = _fit_sklearn()
-    d2 = _two_file_bundle(tmp_path, scaler, clf)
-    d1 = _one_file_bundle(tmp_path, scaler, clf)
-
-    def boom(*a, **k):
-        raise AssertionError("joblib.load called")
-
-    monkeypatch.setattr(joblib, "load", boom)
-    for d in (d2, d1):
-        with pytest.raises(ProbeImportError, match="pass --trust-pickle after verifying the source"):
-            import_probe(d, d_model=D)
-
-
-def test_tampered_bundle_fails_sha256_before_loading(tmp_path, monkeypatch):
-    scaler, clf, _, _ = _fit_sklearn()
-    d = _two_file_bundle(tmp_path, scaler, clf)
-    expected = sha(d / "scaler.joblib")
-    raw = bytearray((d / "scaler.joblib").read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    (d / "scaler.joblib").write_bytes(bytes(raw))
-    actual = sha(d / "scaler.joblib")
-
-    def boom(*a, **k):
-        raise AssertionError("joblib.load called")
-
-    monkeypatch.setattr(joblib, "load", boom)
-    with pytest.raises(ProbeImportError, match="sha256 mismatch") as ei:
-        import_probe(d, d_model=D, trust_pickle=True)
-    msg = str(ei.value)
-    assert "scaler.joblib" in msg and expected in msg and actual in msg
-
-    # expected_sha256 on a single file is checked the same way.
-    d1 = _one_file_bundle(tmp_path, scaler, clf, declare=False)
-    with pytest.raises(ProbeImportError, match="sha256 mismatch"):
-        import_probe(d1 / "artifact.joblib", d_model=D, trust_pickle=True, expected_sha256="0" * 64)
-
-
-def test_bundle_without_declared_sha256_is_refused(tmp_path, monkeypatch):
-    scaler, clf, _, _ = _fit_sklearn()
-    d = _one_file_bundle(tmp_path, scaler, clf, declare=False)
-    good = sha(d / "artifact.joblib")
-    monkeypatch.setattr(joblib, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
-    with pytest.raises(ProbeImportError, match="no sha256 declared"):
-        import_probe(d, d_model=D, trust_pickle=True)
-    monkeypatch.undo()
-    # Declaring it out of band through expected_sha256 is enough.
-    probe = import_probe(d, d_model=D, trust_pickle=True, expected_sha256=good)
-    assert probe.card["sha256"] == {"artifact.joblib": good}
-
-
-def test_bundle_wrong_d_model(tmp_path):
-    scaler, clf, _, _ = _fit_sklearn()
-    d = _two_file_bundle(tmp_path, scaler, clf)
-    with pytest.raises(ProbeImportError, match=f"probe has D={D} but the model's d_model is 64"):
-        import_probe(d, d_model=64, trust_pickle=True)
-
-
-def test_bundle_multiclass_refused(tmp_path):
-    scaler, clf, _, _ = _fit_sklearn(n_classes=3)
-    assert clf.coef_.shape[0] == 3
-    d = _two_file_bundle(tmp_path, scaler, clf)
-    with pytest.raises(ProbeImportError, match="multi-class"):
-        import_probe(d, d_model=D, trust_pickle=True)
-
-
-# ------------------------------------------------------------------------------- raw vectors
-
-
-@pytest.mark.parametrize("shape", [(D,), (1, D)])
-def test_npy_vector_import(tmp_path, shape):
-    vec = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    f = tmp_path / "w.npy"
-    np.save(f, vec)
-    probe = import_probe(f, d_model=D, expected_sha256=sha(f))
-    np.testing.assert_array_equal(probe.direction, vec.ravel().astype(np.float64))
-    assert probe.bias == 0.0 and probe.method == "raw"
-    with pytest.raises(ProbeImportError, match="d_model is 16"):
-        import_probe(f, d_model=16)
-
-
-def test_safetensors_vector_import(tmp_path):
-    rng = np.random.default_rng(1)
-    vec = rng.normal(size=D).astype(np.float32)
-    single = tmp_path / "single.safetensors"
-    safetensors.numpy.save_file({"anything": vec}, single)
-    np.testing.assert_array_equal(import_probe(single, d_model=D).direction, vec.astype(np.float64))
-
-    keyed = tmp_path / "keyed.safetensors"
-    safetensors.numpy.save_file(
-        {"weight": vec[None], "bias": np.array([0.25], np.float32), "other": np.ones(3, np.float32)}, keyed
-    )
-    probe = import_probe(keyed, d_model=D)
-    np.testing.assert_array_equal(probe.direction, vec.astype(np.float64))
-    assert probe.bias == 0.25 and probe.card["source_key"] == "weight"
-
-    ambiguous = tmp_path / "ambiguous.safetensors"
-    safetensors.numpy.save_file({"a": vec, "b": vec}, ambiguous)
-    with pytest.raises(ProbeImportError, match="none of the direction keys"):
-        import_probe(ambiguous, d_model=D)
-    with pytest.raises(ProbeImportError, match="d_model is 8"):
-        import_probe(single, d_model=8)
-
-
 # ------------------------------------------------------------------------------- save / load
 
 
@@ -329,8 +156,6 @@ def test_save_load_round_trip_is_exact_and_deterministic(tmp_path):
     save_probe(back, d1)  # overwrite in place: same bytes, no temp files left behind
     assert sorted(p.name for p in d1.iterdir()) == ["card.json", "direction.safetensors"]
     assert (d1 / "card.json").read_bytes() == (d2 / "card.json").read_bytes()
-    # import_probe understands saved directories too.
-    np.testing.assert_array_equal(import_probe(d1, d_model=D).direction, probe.direction)
 
 
 def test_load_detects_out_of_sync_files(tmp_path):
@@ -346,3 +171,71 @@ def test_save_rejects_non_json_card(tmp_path):
     p = Probe(direction=np.ones(2), bias=0.0, method="raw", card={"auroc": float("nan")})
     with pytest.raises(ProbeError, match="JSON"):
         save_probe(p, tmp_path / "x")
+
+
+# ------------------------------------------------------------------------------- activation pattern
+
+
+def generative(n: int, seed: int, *, noise_cos: float = 0.8):
+    """h = a s + 3 z b + 0.3 e: signal s = +-1 (the label) along a, strong noise z along b with
+    cos(a, b) = noise_cos, isotropic noise e. The best linear read-out of s must cancel z, so it
+    tilts away from a; the activation pattern of any such read-out is a (Haufe et al. 2014)."""
+    rng = np.random.default_rng(1000)  # a, b fixed across seeds: train and test share the model
+    a = rng.normal(size=D)
+    a /= np.linalg.norm(a)
+    b = rng.normal(size=D)
+    b -= (b @ a) * a
+    b = noise_cos * a + np.sqrt(1 - noise_cos**2) * b / np.linalg.norm(b)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    h = np.outer(2 * y - 1.0, a) + 3.0 * np.outer(rng.normal(size=n), b) + 0.3 * rng.normal(size=(n, D))
+    return h, y, a
+
+
+@pytest.mark.parametrize("method", ["logreg", "least_squares"])
+def test_activation_pattern_recovers_planted_signal_where_weights_do_not(method):
+    h, y, a = generative(4000, seed=0)
+    if method == "logreg":
+        w = fit_probe(h, y, method="logreg").direction  # raw-space weights, as the pipeline ablates them
+    else:
+        w = np.linalg.lstsq(np.c_[h, np.ones(len(y))], 2 * y - 1.0, rcond=None)[0][:D]
+    pattern = activation_pattern(h, w)
+    assert np.linalg.norm(pattern) == pytest.approx(1.0)
+    # Measured over seeds 0-4: cos(w, a) 0.61 for both read-outs, cos(pattern, a) >= 0.997.
+    assert cos(w, a) < 0.7
+    assert cos(pattern, a) > 0.95
+    assert pattern @ w > 0  # sign follows w
+    # w is not a poor fit: it reads the held-out label almost perfectly; it is just not the
+    # direction the signal lives along.
+    ht, yt, _ = generative(2000, seed=1)
+    assert roc_auc_score(yt, ht @ w) > 0.99
+
+
+def test_activation_pattern_equals_weights_under_isotropic_noise():
+    # Control: with white noise the read-out already points along a, and so does the pattern.
+    _, y, a = generative(4000, seed=2)
+    h = np.outer(2 * y - 1.0, a) + 0.5 * np.random.default_rng(3).normal(size=(len(y), D))
+    w = fit_probe(h, y, method="logreg").direction
+    assert cos(w, a) > 0.95 and cos(activation_pattern(h, w), a) > 0.95
+
+
+def test_activation_pattern_matches_explicit_covariance():
+    h, y, _ = generative(500, seed=4)
+    w = np.random.default_rng(5).normal(size=D)
+    explicit = np.cov(h, rowvar=False) @ w
+    np.testing.assert_allclose(activation_pattern(h, w), explicit / np.linalg.norm(explicit), rtol=1e-10)
+
+
+def test_probe_direction_and_pattern_errors():
+    h, y, a = generative(400, seed=6)
+    probe = fit_probe(h, y, method="mean_diff")
+    np.testing.assert_array_equal(probe_direction(probe, "weights"), probe.unit())
+    np.testing.assert_array_equal(probe_direction(probe, "pattern", h), activation_pattern(h, probe.direction))
+    with pytest.raises(ProbeFitError, match="needs the probe's train activations"):
+        probe_direction(probe, "pattern")
+    with pytest.raises(ProbeFitError, match="unknown; use one of"):
+        probe_direction(probe, "filter")
+    with pytest.raises(ProbeFitError, match="D=32 columns"):
+        activation_pattern(h, np.ones(D + 1))
+    with pytest.raises(ProbeFitError, match="is zero"):
+        activation_pattern(np.ones((10, D)), np.ones(D))

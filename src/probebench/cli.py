@@ -100,23 +100,75 @@ def show(cells: Annotated[Path, typer.Option(help="cells table written by the ma
 
 @probe_app.command("import")
 def probe_import(path: Annotated[Path, typer.Argument(help=".npy, .safetensors, or a ProbeBench bundle (dir or .joblib)")],
-                 d_model: Annotated[int, typer.Option("--d-model", help="d_model of the model the probe reads")],
-                 out_dir: Annotated[Path, typer.Option("--out", help="directory for the probe artifact")],
-                 model: Annotated[str, typer.Option(help="model key or hub id (goes on the card)")] = "",
+                 out_dir: Annotated[Path, typer.Option("--out", help="new (or empty) directory for the probe artifact")],
+                 model: Annotated[str, typer.Option(help="key of models: in --params; the probe is checked against it "
+                                                         "(d_model from its config.json, layer, hf_id)")] = "",
+                 params_path: Annotated[Path, typer.Option("--params", help="params file that holds --model")] = Path("params.yaml"),
+                 d_model: Annotated[Optional[int], typer.Option("--d-model", help="without a params model: d_model of "
+                                                                "the model the probe reads (--model is then only a label)")] = None,
                  task: Annotated[str, typer.Option(help="task the probe reads (goes on the card)")] = "",
-                 trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading joblib/pickle after its sha256 is verified")] = False,
-                 sha256: Annotated[Optional[str], typer.Option(help="expected sha256 of a single-file probe")] = None) -> None:
-    """Import an external probe into a probebench probe artifact (direction + card)."""
-    from probebench.probes import Probe, ProbeError, import_probe, save_probe
+                 trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling joblib files (after "
+                                                            "every declared or pinned sha256 is verified)")] = False,
+                 sha256: Annotated[Optional[list[str]], typer.Option("--sha256", help="FILE=HEX pins a bundle file's "
+                                                                     "sha256 (repeatable); a bare HEX pins a single-file probe")] = None,
+                 force: Annotated[bool, typer.Option("--force", help="replace a probe imported into --out before")] = False) -> None:
+    """Import an external probe into a probebench probe artifact (direction + card), checked against a model entry."""
+    from rich.markup import escape
+
+    from probebench.io import atomic_dir
+    from probebench.params import ParamsError, load_params
+    from probebench.probe_import import TargetModel, import_probe, parse_sha256_pins, target_model
+    from probebench.probes import CARD_FILE, DIRECTION_FILE, Probe, ProbeError, save_probe
 
     try:
-        probe = import_probe(path, d_model=d_model, trust_pickle=trust_pickle, expected_sha256=sha256)
+        if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+            raise ProbeError(f"--out {out_dir}: is an existing file; choose a new directory")
+        existing = sorted(f.name for f in out_dir.iterdir()) if out_dir.is_dir() else []
+        if existing and not force:
+            raise ProbeError(f"--out {out_dir}: directory is not empty; choose a new directory "
+                             "(or --force to replace a probe imported there before)")
+        if existing and existing != sorted([CARD_FILE, DIRECTION_FILE]):
+            raise ProbeError(f"--out {out_dir}: --force replaces only a probe directory ({CARD_FILE} + {DIRECTION_FILE}), "
+                             f"this one holds {existing}")
+        pins, bare_sha256 = parse_sha256_pins(sha256 or [])
+        # --d-model keeps the old unchecked import (e.g. for a model that is not in params yet):
+        # --model is then a label unless it names a params model, which is always checked.
+        params = load_params(params_path) if model and (d_model is None or params_path.exists()) else None
+        if params is not None and (d_model is None or model in params.models):
+            target = target_model(params, model, root=params_path.parent, source=str(params_path))
+            if d_model is not None and d_model != target.d_model:
+                raise ProbeError(f"--d-model {d_model} but {target.where} has d_model {target.d_model} "
+                                 "(config.json); drop --d-model")
+        elif d_model is not None:
+            target = TargetModel(d_model=d_model, where=f"--d-model {d_model}")
+            if model:
+                out.print(f"note: --model {model!r} is not a key of models: in {params_path}; it goes on the card "
+                          "as a label and the probe's layer and model id are not checked", highlight=False, soft_wrap=True)
+        else:
+            raise ProbeError(f"give --model KEY (a key of models: in {params_path}) or --d-model N")
+        probe = import_probe(path, target=target, trust_pickle=trust_pickle, expected_sha256=bare_sha256,
+                             sha256_pins=pins)
         card = {**probe.card, "imported_from": str(path), "model": model or probe.card.get("model"),
                 "task": task or probe.card.get("task")}
-        save_probe(Probe(direction=probe.direction, bias=probe.bias, method=probe.method, card=card), out_dir)
-    except ProbeError as exc:
-        _fail(str(exc))
-    out.print(f"imported {path} -> {out_dir} (d_model {d_model}, method {probe.method})")
+        if target.layer is not None:
+            card["checkpoint"] = {"layer": target.layer, "site": "resid_post"}
+            card["checked_against"] = target.where
+        try:
+            with atomic_dir(out_dir) as tmp:
+                tmp.chmod(0o755)  # mkdtemp makes it 0700; the probe directory is ordinary output
+                save_probe(Probe(direction=probe.direction, bias=probe.bias, method=probe.method, card=card), tmp)
+        except OSError as exc:
+            raise ProbeError(f"--out {out_dir}: cannot write ({exc.strerror or exc}); choose a writable directory") from None
+    except (ProbeError, ParamsError) as exc:
+        _fail(escape(str(exc)))
+    for name, origins in card.get("sha256_verified_by", {}).items():
+        if not origins:
+            digest = card["sha256"][name]
+            out.print(f"{name}: no sha256 declared, loaded under --trust-pickle; sha256 {digest} (recorded in "
+                      f"{out_dir / CARD_FILE}); pin it next time: --sha256 {name}={digest}", highlight=False, soft_wrap=True)
+    where = f"{model}: d_model {target.d_model}, block {target.layer}" if target.layer is not None else target.where
+    out.print(f"imported {path} -> {out_dir} (id {card.get('id', '-')}, {where}, method {probe.method})",
+              highlight=False, soft_wrap=True)
     out.print(json.dumps({"method": probe.method, "norm": float((probe.direction ** 2).sum() ** 0.5)}))
 
 

@@ -1,9 +1,11 @@
-"""Linear probes: fit them, import them from other tools, save and load them.
+"""Linear probes: fit them, save and load them, and choose which direction a probe contributes.
 
 A probe is a direction ``w`` and a bias ``b`` in a model's *raw* residual-stream space, so
 ``score = acts @ w + b``. Probes fitted on standardized activations (scikit-learn
 ``StandardScaler`` + ``LogisticRegression``) are folded back into raw space, because the
 causal experiments ablate the direction in the model's own coordinates, not in z-scores.
+Importing probes written by other tools (vectors, ProbeBench bundles, pickle trust) lives in
+:mod:`probebench.probe_import`.
 
 Example::
 
@@ -17,19 +19,12 @@ Example::
     >>> bool(abs(probe.unit()[0]) > 0.9)
     True
 
-Bundle layout read by :func:`import_probe` (a directory)::
-
-    meta.json | meta.yaml        # one of them
-    probe.joblib + scaler.joblib # two-file layout, or
-    <any name>.joblib            # one file holding {"probe": LogisticRegression, "scaler": StandardScaler}
-
-``meta`` is a mapping; ``sha256`` is required for every pickle (joblib) file::
-
-    {"model": "pythia-70m", "layer": 3, "task": "sentiment", "d_model": 512,
-     "sha256": {"probe.joblib": "<64 hex>", "scaler.joblib": "<64 hex>"}}
-
-A single-joblib bundle may instead declare ``"sha256": "<64 hex>"``. Digests may carry a
-``sha256:`` prefix. Every other meta key is copied into the probe's card.
+Which direction a probe contributes (``probe.direction: weights | pattern``): ``weights`` is
+``w`` itself, the filter that *reads* the concept; ``pattern`` is the activation pattern
+``a = Cov_train(h) w`` (Haufe et al. 2014, NeuroImage 87), the direction along which the
+activations actually *carry* the class signal. They differ whenever the noise is correlated:
+``w`` also cancels noise directions, and ablating those moves nothing (see
+:func:`activation_pattern`).
 
 Files written by :func:`save_probe` (a directory)::
 
@@ -48,10 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import safetensors.numpy
-import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -64,22 +57,20 @@ __all__ = [
     "ProbeFitError",
     "ProbeImportError",
     "fit_probe",
-    "import_probe",
+    "fold_standardized",
+    "activation_pattern",
+    "probe_direction",
     "save_probe",
     "load_probe",
     "PROBE_METHODS",
+    "PROBE_DIRECTIONS",
 ]
 
 PROBE_METHODS = ("logreg", "mean_diff")
+PROBE_DIRECTIONS = ("weights", "pattern")
 SAVED_FORMAT = "probebench-probe/1"
 DIRECTION_FILE = "direction.safetensors"
 CARD_FILE = "card.json"
-
-_RAW_KEYS = ("direction", "w", "weight", "coef")
-_BIAS_KEYS = ("bias", "b", "intercept")
-_META_NAMES = ("meta.json", "meta.yaml", "meta.yml")
-_PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-_TWO_FILE = ("probe.joblib", "scaler.joblib")
 
 
 class ProbeError(ValueError):
@@ -91,7 +82,8 @@ class ProbeFitError(ProbeError):
 
 
 class ProbeImportError(ProbeError):
-    """A probe file or bundle cannot be imported or loaded safely."""
+    """A probe file or bundle cannot be imported or loaded safely (also raised by
+    :func:`load_probe`, hence defined here and re-exported by :mod:`probebench.probe_import`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,15 +198,26 @@ def fit_probe(
         clf = LogisticRegression(
             C=float(C), l1_ratio=0.0, solver="lbfgs", max_iter=int(max_iter), random_state=seed
         ).fit(scaler.transform(acts), y)
-        dir_D, bias = _fold_standardized(clf.coef_[0], float(clf.intercept_[0]), scaler)
+        dir_D, bias = fold_standardized(clf.coef_[0], float(clf.intercept_[0]), scaler)
         card.update(C=float(C), seed=int(seed), max_iter=int(max_iter), n_iter=int(np.max(clf.n_iter_)))
     else:
         raise ProbeFitError(f"fit_probe: unknown method {method!r}; use one of {PROBE_METHODS}")
     return Probe(direction=dir_D, bias=bias, method=method, card=card)
 
 
-def _fold_standardized(coef_D: np.ndarray, intercept: float, scaler: Any) -> tuple[np.ndarray, float]:
-    """Fold ``coef . (x - mean) / scale + intercept`` into raw-space ``w . x + b``."""
+def fold_standardized(coef_D: np.ndarray, intercept: float, scaler: Any) -> tuple[np.ndarray, float]:
+    """Fold ``coef . (x - mean) / scale + intercept`` into raw-space ``w . x + b`` (a ``None``
+    scaler is the identity). Shared by :func:`fit_probe` and the bundle importer.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> s = StandardScaler().fit(np.array([[0.0, 10.0], [2.0, 30.0]]))  # mean [1, 20], scale [1, 10]
+        >>> w, b = fold_standardized(np.array([1.0, 10.0]), 0.5, s)
+        >>> w.tolist(), b
+        ([1.0, 1.0], -20.5)
+    """
     coef_D = np.asarray(coef_D, dtype=np.float64).ravel()
     mean_D, scale_D = _scaler_mean_scale(scaler, coef_D.size)
     dir_D = coef_D / scale_D
@@ -254,325 +257,70 @@ def _train_hash(acts_ND: np.ndarray, y_N: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# import
+# which direction a probe contributes
 
 
-def import_probe(
-    path: str | os.PathLike,
-    *,
-    d_model: int,
-    trust_pickle: bool = False,
-    expected_sha256: str | None = None,
-) -> Probe:
-    """Import a probe from a raw vector, a ProbeBench bundle, or a :func:`save_probe` directory.
+def activation_pattern(acts_ND: np.ndarray, w_D: np.ndarray) -> np.ndarray:
+    """Haufe et al. (2014) activation pattern of a linear probe: ``a = Cov(acts) w``, unit L2 norm.
 
-    Accepted inputs (see the module docstring for the bundle and meta layout):
+    ``acts_ND`` are the probe's *train* activations [N, D] (raw space, the space ``w_D`` [D]
+    reads). For a generative model ``h = a s + noise`` a linear read-out ``w`` must also cancel
+    correlated noise, so ``w`` points away from ``a``; ``Cov(h) w`` undoes that
+    (``Cov(h) w = Var(s)(a.w) a + Cov(noise) w`` and the second term is ``a``-aligned for the
+    optimal ``w``). The sign is that of ``w`` (``a . w = w' Cov w >= 0``).
 
-    * ``.npy`` vector [D] or [1, D] (bias 0);
-    * ``.safetensors`` with one tensor, or a tensor named ``direction``/``w``/``weight``/``coef``
-      plus an optional ``bias``/``b``/``intercept``;
-    * a bundle directory (``meta.json``/``meta.yaml`` + ``probe.joblib`` + ``scaler.joblib``, or
-      one joblib holding ``{"probe": ..., "scaler": ...}``), or such a joblib file itself;
-    * a directory written by :func:`save_probe`.
+    Computed as ``Xc' (Xc w) / (N - 1)`` without forming the [D, D] covariance: at d_model 8192
+    that matrix alone would be 512 MiB.
 
-    joblib files are pickles, which run code on load: each is hashed and checked against the
-    declared sha256 (meta or ``expected_sha256``) before anything is unpickled, a file without
-    a declared digest is refused, and nothing is unpickled unless ``trust_pickle=True``.
-    ``expected_sha256`` is also checked for single ``.npy``/``.safetensors`` files.
+    Example: the signal s lies along [1, 0], noise z along [1, 1]; ``w = [1, -1]`` reads s
+    exactly (``h @ w = s``) by cancelling z, so it sits 45 degrees off the signal axis::
+
+        >>> import numpy as np
+        >>> s_N, z_N = np.array([1.0, -1.0, 1.0, -1.0]), np.array([3.0, 3.0, -3.0, -3.0])
+        >>> h_ND = np.outer(s_N, [1.0, 0.0]) + np.outer(z_N, [1.0, 1.0])
+        >>> activation_pattern(h_ND, np.array([1.0, -1.0])).tolist()
+        [1.0, 0.0]
+    """
+    acts = _as_acts(acts_ND, "acts_ND", ProbeFitError)
+    w = np.asarray(w_D, dtype=np.float64)
+    if w.ndim != 1 or w.size != acts.shape[1]:
+        raise ProbeFitError(
+            f"activation_pattern: w_D has shape {w.shape} but acts_ND has D={acts.shape[1]} columns; "
+            "pass the probe's raw-space direction for the same model and layer"
+        )
+    require_finite("w_D", w, ProbeFitError)
+    if acts.shape[0] < 2:
+        raise ProbeFitError("activation_pattern: acts_ND needs at least 2 rows to estimate a covariance")
+    centred_ND = acts - acts.mean(axis=0)
+    pattern_D = centred_ND.T @ (centred_ND @ w) / (acts.shape[0] - 1)
+    norm = float(np.linalg.norm(pattern_D))
+    if not norm > 0.0:
+        raise ProbeFitError(
+            "activation_pattern: Cov(acts) w is zero (the probe's score is constant on these activations); "
+            "use direction 'weights' or check that acts_ND are the probe's train activations"
+        )
+    return pattern_D / norm
+
+
+def probe_direction(probe: Probe, kind: str, train_acts_ND: np.ndarray | None = None) -> np.ndarray:
+    """The unit direction a probe contributes: ``weights`` (``probe.unit()``, the default the
+    leaderboard means by "the probe's direction") or ``pattern`` (:func:`activation_pattern` of
+    the weights on ``train_acts_ND``, which ``pattern`` requires).
 
     Example::
 
-        >>> import numpy as np, tempfile, os
-        >>> f = os.path.join(tempfile.mkdtemp(), "w.npy"); np.save(f, np.ones(4))
-        >>> import_probe(f, d_model=4).direction.tolist()
-        [1.0, 1.0, 1.0, 1.0]
+        >>> import numpy as np
+        >>> p = Probe(direction=np.array([3.0, 4.0]), bias=0.0, method="raw")
+        >>> probe_direction(p, "weights").tolist()
+        [0.6, 0.8]
     """
-    p = Path(path)
-    if not p.exists():
-        raise ProbeImportError(
-            f"{p}: no such file or directory; pass a .npy/.safetensors vector or a bundle directory"
-        )
-    if p.is_dir():
-        if (p / CARD_FILE).is_file() and (p / DIRECTION_FILE).is_file():
-            if expected_sha256 is not None:
-                _verify_digest(p / DIRECTION_FILE, [expected_sha256])
-            probe = load_probe(p)
-            _check_d_model(p, probe.d_model, d_model)
-            return probe
-        return _import_bundle_dir(p, d_model=d_model, trust_pickle=trust_pickle, expected_sha256=expected_sha256)
-    suffix = p.suffix.lower()
-    if suffix in _PICKLE_SUFFIXES:
-        return _import_single_joblib(
-            p, p.parent, d_model=d_model, trust_pickle=trust_pickle, expected_sha256=expected_sha256
-        )
-    if suffix not in (".npy", ".safetensors"):
-        raise ProbeImportError(
-            f"{p}: unsupported probe file type {suffix!r}; use .npy, .safetensors, .joblib or a bundle directory"
-        )
-    digest = _verify_digest(p, [expected_sha256] if expected_sha256 is not None else [])
-    if suffix == ".npy":
-        vec, bias, key = _read_npy(p), 0.0, None
-    else:
-        vec, bias, key = _read_safetensors(p)
-    dir_D = _as_vector(vec, p, key)
-    _check_d_model(p, dir_D.size, d_model)
-    card = {"method": "raw", "source": str(p), "source_format": suffix.lstrip("."), "sha256": {p.name: digest}}
-    if key is not None:
-        card["source_key"] = key
-    return Probe(direction=dir_D, bias=bias, method="raw", card=card)
-
-
-def _read_npy(p: Path) -> np.ndarray:
-    try:
-        # allow_pickle=False: an object .npy is a pickle in disguise.
-        return np.load(p, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any read failure becomes one clear error
-        raise ProbeImportError(f"{p}: cannot read as a numeric .npy array ({exc}); re-save it with np.save") from exc
-
-
-def _read_safetensors(p: Path) -> tuple[np.ndarray, float, str]:
-    try:
-        tensors = safetensors.numpy.load_file(p)
-    except Exception as exc:  # noqa: BLE001
-        raise ProbeImportError(
-            f"{p}: cannot read safetensors ({exc}); bfloat16 is not readable by numpy, save as float32"
-        ) from exc
-    if not tensors:
-        raise ProbeImportError(f"{p}: safetensors file holds no tensors; save the direction under key 'direction'")
-    if len(tensors) == 1:
-        (key, vec), = tensors.items()
-        return vec, 0.0, key
-    found = [k for k in _RAW_KEYS if k in tensors]
-    if len(found) != 1:
-        what = "none of" if not found else "more than one of"
-        raise ProbeImportError(
-            f"{p}: holds {sorted(tensors)} and {what} the direction keys {list(_RAW_KEYS)}; "
-            "keep exactly one direction tensor (e.g. 'direction')"
-        )
-    key = found[0]
-    bias = 0.0
-    bias_keys = [k for k in _BIAS_KEYS if k in tensors]
-    if bias_keys:
-        b = np.asarray(tensors[bias_keys[0]], dtype=np.float64)
-        if b.size != 1:
-            raise ProbeImportError(
-                f"{p}: bias tensor {bias_keys[0]!r} has shape {b.shape}; a binary probe has one bias value"
-            )
-        bias = float(b.ravel()[0])
-    return tensors[key], bias, key
-
-
-def _as_vector(vec: Any, p: Path, key: str | None) -> np.ndarray:
-    arr = np.asarray(vec)
-    where = f"{p}" + (f" key {key!r}" if key else "")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ProbeImportError(f"{where}: dtype {arr.dtype} is not a real number type; save a float vector")
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1:
-        raise ProbeImportError(
-            f"{where}: expected a direction of shape [D] or [1, D], got {arr.shape}; "
-            "multi-class or stacked probes are not supported, save one binary direction"
-        )
-    arr = arr.astype(np.float64)
-    require_finite(where, arr, ProbeImportError)
-    if not np.any(arr):
-        raise ProbeImportError(f"{where}: direction is all zeros; it cannot define a probe")
-    return arr
-
-
-def _import_bundle_dir(
-    d: Path, *, d_model: int, trust_pickle: bool, expected_sha256: str | None
-) -> Probe:
-    pickles = sorted(f.name for f in d.iterdir() if f.is_file() and f.suffix.lower() in _PICKLE_SUFFIXES)
-    if all(n in pickles for n in _TWO_FILE):
-        if expected_sha256 is not None:
-            raise ProbeImportError(
-                f"{d}: expected_sha256 is for single-file imports; declare per-file digests in meta "
-                '{"sha256": {"probe.joblib": ..., "scaler.joblib": ...}}'
-            )
-        meta, meta_path = _read_meta(d)
-        _check_meta_d_model(meta, meta_path, d_model)
-        declared = _declared_digests(meta, meta_path, list(_TWO_FILE), pickles)
-        digests = {}
-        for name in _TWO_FILE:
-            digests[name] = _verify_pickle(d / name, declared.get(name, []), meta_path, trust_pickle)
-        probe_obj = _unpickle(d / "probe.joblib")
-        scaler_obj = _unpickle(d / "scaler.joblib")
-        source = d / "probe.joblib"
-        layout = "bundle-2file"
-    elif len(pickles) == 1:
-        return _import_single_joblib(
-            d / pickles[0], d, d_model=d_model, trust_pickle=trust_pickle, expected_sha256=expected_sha256
-        )
-    else:
-        found = pickles or "no pickle files"
-        raise ProbeImportError(
-            f"{d}: not a probe bundle (found {found}); expected probe.joblib + scaler.joblib, exactly one "
-            "joblib holding {'probe', 'scaler'}, or direction.safetensors + card.json"
-        )
-    return _bundle_probe(probe_obj, scaler_obj, source, d_model, meta, digests, layout)
-
-
-def _import_single_joblib(
-    f: Path, meta_dir: Path, *, d_model: int, trust_pickle: bool, expected_sha256: str | None
-) -> Probe:
-    meta, meta_path = _read_meta(meta_dir)
-    _check_meta_d_model(meta, meta_path, d_model)
-    siblings = sorted(x.name for x in meta_dir.iterdir() if x.is_file() and x.suffix.lower() in _PICKLE_SUFFIXES)
-    declared = _declared_digests(meta, meta_path, [f.name], siblings).get(f.name, [])
-    if expected_sha256 is not None:
-        declared = [*declared, expected_sha256]
-    digest = _verify_pickle(f, declared, meta_path, trust_pickle)
-    obj = _unpickle(f)
-    if not isinstance(obj, dict) or "probe" not in obj:
-        raise ProbeImportError(
-            f"{f}: holds a {type(obj).__name__}, expected a dict {{'probe': LogisticRegression, "
-            "'scaler': StandardScaler}; re-dump it in that form"
-        )
-    return _bundle_probe(obj["probe"], obj.get("scaler"), f, d_model, meta, {f.name: digest}, "bundle-1file")
-
-
-def _bundle_probe(
-    clf: Any, scaler: Any, source: Path, d_model: int, meta: dict, digests: dict, layout: str
-) -> Probe:
-    coef = getattr(clf, "coef_", None)
-    if coef is None:
-        raise ProbeImportError(
-            f"{source}: probe is a {type(clf).__name__} without coef_; expected a fitted LogisticRegression"
-        )
-    classes = getattr(clf, "classes_", None)
-    coef_KD = np.atleast_2d(np.asarray(coef, dtype=np.float64))
-    n_classes = len(classes) if classes is not None else coef_KD.shape[0] + (coef_KD.shape[0] == 1)
-    if coef_KD.ndim != 2 or coef_KD.shape[0] != 1 or n_classes != 2:
-        raise ProbeImportError(
-            f"{source}: probe is multi-class ({n_classes} classes, coef_ shape {coef_KD.shape}); "
-            "ProbeBench probes are binary, refit one-vs-rest and export one [1, D] probe"
-        )
-    _check_d_model(source, coef_KD.shape[1], d_model)
-    if scaler is not None and not (hasattr(scaler, "scale_") or hasattr(scaler, "mean_")):
-        raise ProbeImportError(
-            f"{source}: scaler is a {type(scaler).__name__} without mean_/scale_; expected a fitted StandardScaler"
-        )
-    intercept = np.ravel(np.asarray(getattr(clf, "intercept_", 0.0), dtype=np.float64))
-    try:
-        dir_D, bias = _fold_standardized(coef_KD[0], float(intercept[0]) if intercept.size else 0.0, scaler)
-    except ProbeImportError as exc:
-        raise ProbeImportError(f"{source}: {exc}") from None
-    require_finite(str(source), dir_D, ProbeImportError)
-    method = "logreg" if isinstance(clf, LogisticRegression) else type(clf).__name__
-    card = {k: v for k, v in meta.items() if k != "sha256"}
-    card.update(method=method, source=str(source), source_format=layout, sha256=digests)
-    if scaler is not None and not isinstance(scaler, StandardScaler):
-        card["scaler_type"] = type(scaler).__name__
-    return Probe(direction=dir_D, bias=bias, method=method, card=card)
-
-
-def _read_meta(d: Path) -> tuple[dict, Path | None]:
-    found = [d / n for n in _META_NAMES if (d / n).is_file()]
-    if len(found) > 1:
-        raise ProbeImportError(f"{d}: has both {found[0].name} and {found[1].name}; keep exactly one meta file")
-    if not found:
-        return {}, None
-    mp = found[0]
-    try:
-        text = mp.read_text(encoding="utf-8")
-        meta = json.loads(text) if mp.suffix == ".json" else yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001
-        raise ProbeImportError(f"{mp}: cannot parse ({exc}); fix the file syntax") from exc
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise ProbeImportError(f"{mp}: top level is a {type(meta).__name__}; it must be a mapping of keys")
-    return meta, mp
-
-
-def _declared_digests(meta: dict, meta_path: Path | None, wanted: list[str], pickles: list[str]) -> dict:
-    sha = meta.get("sha256")
-    if sha is None:
-        return {}
-    if isinstance(sha, str):
-        if len(pickles) != 1:
-            raise ProbeImportError(
-                f"{meta_path}: key 'sha256' is one string but the bundle has {len(pickles)} pickle files "
-                f"{pickles}; use a mapping {{filename: digest}}"
-            )
-        return {pickles[0]: [sha]} if pickles[0] in wanted else {}
-    if isinstance(sha, dict):
-        return {name: [sha[name]] for name in wanted if name in sha}
-    raise ProbeImportError(
-        f"{meta_path}: key 'sha256' is a {type(sha).__name__}; use a hex string or {{filename: hex}}"
-    )
-
-
-def _check_meta_d_model(meta: dict, meta_path: Path | None, d_model: int) -> None:
-    if "d_model" in meta and meta["d_model"] is not None and int(meta["d_model"]) != int(d_model):
-        raise ProbeImportError(
-            f"{meta_path}: declares d_model={meta['d_model']} but the model's d_model is {d_model}; "
-            "this probe belongs to a different model"
-        )
-
-
-def _normalize_digest(digest: Any, where: str) -> str:
-    s = str(digest).strip().lower()
-    if s.startswith("sha256:"):
-        s = s[len("sha256:"):]
-    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
-        raise ProbeImportError(f"{where}: sha256 {digest!r} is not 64 hex digits; copy the full digest")
-    return s
-
-
-def _file_sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verify_digest(p: Path, declared: list) -> str:
-    actual = _file_sha256(p)
-    for exp in declared:
-        exp_hex = _normalize_digest(exp, str(p))
-        if exp_hex != actual:
-            raise ProbeImportError(
-                f"{p}: sha256 mismatch: expected {exp_hex}, actual {actual}; the file changed since the "
-                "digest was recorded, re-fetch it from a trusted source"
-            )
-    return actual
-
-
-def _verify_pickle(p: Path, declared: list, meta_path: Path | None, trust_pickle: bool) -> str:
-    # Order matters: digest first (a tampered file is reported as such), then trust; unpickling
-    # happens only after both pass, in the caller.
-    if not declared:
-        where = meta_path if meta_path is not None else p.parent / "meta.json"
-        raise ProbeImportError(
-            f"{p}: no sha256 declared for this pickle; add {{\"sha256\": {{\"{p.name}\": \"<hex>\"}}}} to "
-            f"{where} or pass expected_sha256 (refusing to unpickle an unverified file)"
-        )
-    digest = _verify_digest(p, declared)
-    if not trust_pickle:
-        raise ProbeImportError(
-            f"{p}: is a pickle (sha256 {digest} matches) and unpickling runs code; "
-            "pass --trust-pickle after verifying the source (trust_pickle=True)"
-        )
-    return digest
-
-
-def _unpickle(p: Path) -> Any:
-    try:
-        return joblib.load(p)  # looked up at call time so tests can prove it is never reached
-    except Exception as exc:  # noqa: BLE001
-        raise ProbeImportError(f"{p}: joblib.load failed ({exc}); check scikit-learn versions match") from exc
-
-
-def _check_d_model(p: Path, got: int, d_model: int) -> None:
-    if int(got) != int(d_model):
-        raise ProbeImportError(
-            f"{p}: probe has D={got} but the model's d_model is {d_model}; "
-            "import a probe trained on this model's residual stream"
-        )
+    if kind == "weights":
+        return probe.unit()
+    if kind == "pattern":
+        if train_acts_ND is None:
+            raise ProbeFitError("probe direction 'pattern' needs the probe's train activations (train_acts_ND)")
+        return activation_pattern(train_acts_ND, probe.direction)
+    raise ProbeFitError(f"probe direction {kind!r} unknown; use one of {PROBE_DIRECTIONS}")
 
 
 # --------------------------------------------------------------------------------------------
