@@ -1,6 +1,10 @@
 """DVC stage crosscoder_audit: per shared latent, ablate f_j(x) d_j^m at the readout token in both
-models; CE_j under the published KL protocol and our token-margin protocol, with bootstrap CIs;
-the cosine-vs-CE summary, a table and a scatter figure."""
+models; CE_j under the published KL protocol and our token-margin protocol, each over all inputs
+and over firing inputs only, with bootstrap CIs; the cosine-vs-CE summary, a table and a scatter.
+
+A trained crosscoder is audited only if its controls pass: control (a) on the (base, base)
+crosscoder and the independent-vs-shared-init convergence recorded by crosscoder_train; else a
+one-line error names the fix and nothing is written."""
 
 from __future__ import annotations
 
@@ -11,64 +15,114 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from _common import console, run
-from crosscoder_train import load_pair
 
-from probebench.audit import audit_summary, audit_table, latent_effects, readout_activations
-from probebench.crosscoder import BatchTopKCrossCoder, firing_frequency, latent_table, select_shared_latents
-from probebench.io import atomic_write_text, write_figure, write_json
+from probebench.audit import (
+    AuditError,
+    audit_summary,
+    audit_table,
+    ce_statistics,
+    identical_pair_control,
+    latent_effects,
+    load_pair,
+    numeric_metrics,
+    readout_activations,
+    select_latents,
+)
+from probebench.crosscoder import load_crosscoder
+from probebench.io import atomic_write_text, read_json, write_figure, write_json
 from probebench.params import Params
+
+CC_DIR = Path("data/crosscoder")
+
+
+def controls(params: Params, train: dict, models, tokenizer, prompts, layers) -> dict:
+    """Run control (a) and read the convergence record; refuse (AuditError) when either fails."""
+    p = params.crosscoder
+    if train.get("source") != "trained":
+        reason = "a loaded checkpoint: its training recipe cannot be rerun on (base, base) or from another init"
+        return {"identical_pair": {"run": 0, "reason": reason}, "convergence": {"run": 0, "reason": reason}}
+    fix = (f"fix: raise crosscoder.steps (now {p.steps}) or add prompt sets to crosscoder.train_tasks (more tokens; "
+           f"now {train.get('n_tokens')})")
+    conv = train["convergence"]
+    if not conv["passed"]:
+        raise AuditError(
+            f"crosscoder has not converged: median decoder cosine of the selected latents is "
+            f"{conv['median_cosine_independent_init']:.3f} from independent and {conv['median_cosine_shared_init']:.3f} "
+            f"from shared decoder inits (|diff| {conv['abs_difference']:.3f} > crosscoder.convergence_tolerance "
+            f"{p.convergence_tolerance}); the cosines reflect the initialization; {fix}")
+    cc_id = load_crosscoder(Path("data/crosscoder_controls/control_identical.safetensors"))
+    record = identical_pair_control(cc_id, models[0], tokenizer, prompts, layer=layers[0], n_latents=p.control_latents,
+                                    min_value=p.control_min, n_resamples=params.bootstrap.n_resamples,
+                                    seed=params.bootstrap.seed, level=params.bootstrap.ci_level)
+    if not record["passed"]:
+        def show(key: str) -> str:
+            return "undefined" if record.get(key) is None else f"{record[key]:.3f}"
+
+        raise AuditError(
+            f"crosscoder control (a) failed: trained on ({p.base}, {p.base}), its {record['n_latents']} most frequent "
+            f"latents give min cosine {show('min_decoder_cosine')}, min CE (KL) {show('min_ce_kl')}, min CE (margin) "
+            f"{show('min_ce_margin')}, need >= crosscoder.control_min {p.control_min}; the audit would measure its "
+            f"own under-training; {fix}")
+    return {"identical_pair": {"run": 1, **record}, "convergence": {"run": 1, **conv}}
+
+
+def scatter(table: pd.DataFrame, p, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=120, sharey=True)
+    for ax, subset in zip(axes, ("", "_firing")):
+        ax.scatter(table["decoder_cosine"], table[f"ce_kl{subset}"], s=14, label="CE (KL)")
+        ax.scatter(table["decoder_cosine"], table[f"ce_margin{subset}"], s=14, marker="x", label="CE (token margin)")
+        ax.axhline(p.ce_threshold, color="grey", lw=0.8, ls="--")
+        ax.axvline(p.cos_threshold, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("decoder cosine (base vs IT)")
+        ax.set_title("all inputs (published)" if not subset else "firing inputs only", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("causal equivalence CE_j")
+    fig.suptitle(f"{p.base} vs {p.chat}: {len(table)} latents", fontsize=10)
+    fig.tight_layout()
+    write_figure(path, fig)
+    plt.close(fig)
 
 
 def main(params: Params, argv: list[str]) -> None:
     p = params.crosscoder
-    models, tokenizer, layers = load_pair(params)
-    cc = BatchTopKCrossCoder.from_pretrained("data/crosscoder/crosscoder.safetensors").eval()
+    layers = [read_json(Path("data/extract") / key / "meta.json")["layer"] for key in (p.base, p.chat)]
+    models, tokenizer = load_pair([params.model(p.base), params.model(p.chat)], [p.base, p.chat])
+    train = read_json(Path("metrics/crosscoder_train.json"))
+    cc = load_crosscoder(CC_DIR / "crosscoder.safetensors")
     prompts = pd.read_parquet(Path("data/prompts") / f"{p.audit_task}.parquet").query("split == 'test'")
     prompts = prompts.reset_index(drop=True)
-    # Firing frequency at the ablation site (the readout token): a latent that never fires there
-    # has no effect to correlate.
+    checks = controls(params, train, models, tokenizer, prompts, layers)
+
     acts_NMD = readout_activations(models, tokenizer, prompts, layers=layers)
-    stats = latent_table(cc, firing_frequency_F=firing_frequency(cc, torch.from_numpy(acts_NMD)))
-    # A latent that never fires at the readout token has no effect there and no defined CE.
-    fires = stats[stats["firing_frequency"] > 0]
-    latents = select_shared_latents(fires, rel_norm_band=tuple(p.rel_norm_band), top_k=p.top_k,
-                                    min_frequency=p.min_frequency)
-    if not latents:
-        raise ValueError("crosscoder: no latent both fires at the readout token and has a relative decoder norm "
-                         "inside crosscoder.rel_norm_band; widen the band or train the crosscoder longer")
+    stats, latents, selection = select_latents(
+        cc, acts_NMD, rel_norm_band=tuple(p.rel_norm_band), top_k=p.top_k, min_frequency=p.min_frequency,
+        # a checkpoint's init is unknown; public trainers start every decoder row at one norm, i.e. spread 0
+        spread_init=train.get("rel_norm_spread_init", 0.0), min_spread_gain=p.min_rel_norm_spread)
     effects = latent_effects(cc, models, tokenizer, prompts, layers=layers, latents=latents, readout_acts_NMD=acts_NMD)
-    if (effects["kl_MLN"] < 0).any():
-        raise ValueError("crosscoder audit: negative KL; this is a bug, please report it")
-    table = audit_table(stats, effects, latents, n_resamples=params.bootstrap.n_resamples, seed=params.bootstrap.seed,
-                        level=params.bootstrap.ci_level)
-    summary = audit_summary(table, cos_threshold=p.cos_threshold, ce_threshold=p.ce_threshold)
-    summary["n_inputs"] = int(len(prompts))
-    summary["layer"] = layers
+    b = params.bootstrap
+    ce = ce_statistics(effects, n_resamples=b.n_resamples, seed=b.seed, level=b.ci_level)
+    table = audit_table(stats, effects, latents, ce=ce)
+    summary = audit_summary(table, cos_threshold=p.cos_threshold, ce_threshold=p.ce_threshold, ce=ce, level=b.ci_level)
+    summary.update(n_inputs=int(len(prompts)), layer=layers, crosscoder_kind=cc.kind, selection=selection,
+                   controls=checks)
     atomic_write_text(Path("reports/crosscoder/latents.csv"), table.to_csv(index=False, float_format="%.6g"))
     write_json(Path("reports/crosscoder/summary.json"), summary)
-    # DVC metrics are numbers only; the named formulae stay in reports/crosscoder/summary.json.
-    write_json(Path("metrics/crosscoder.json"),
-               {k: ({kk: vv for kk, vv in v.items() if isinstance(vv, (int, float))} if isinstance(v, dict) else v)
-                for k, v in summary.items() if k != "layer"})
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    ax.scatter(table["decoder_cosine"], table["ce_kl"], s=14, label="CE (KL, published protocol)")
-    ax.scatter(table["decoder_cosine"], table["ce_margin"], s=14, marker="x", label="CE (token margin)")
-    ax.axhline(p.ce_threshold, color="grey", lw=0.8, ls="--")
-    ax.axvline(p.cos_threshold, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("decoder cosine (base vs IT)")
-    ax.set_ylabel("causal equivalence CE_j")
-    ax.set_title(f"{p.base} vs {p.chat}: {len(table)} shared latents")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    write_figure(Path("reports/crosscoder/cosine_vs_ce.png"), fig)
-    plt.close(fig)
-    for protocol in ("ce_kl", "ce_margin"):
-        s = summary[protocol]
-        console.print(f"crosscoder {protocol}: median cosine {s['median_cos']:.3f}, median CE {s['median_rho']:.3f}, "
-                      f"1 - median(CE)/median(cos) = {s['one_minus_median_ratio']:.1%}, "
-                      f"share cos > {p.cos_threshold} and CE < {p.ce_threshold} = {s['share_high_cos_low_ce']:.1%}")
+    # DVC metrics are numbers only; the named formulae and reasons stay in reports/crosscoder/summary.json.
+    write_json(Path("metrics/crosscoder.json"), numeric_metrics({k: v for k, v in summary.items() if k != "layer"}))
+    scatter(table, p, Path("reports/crosscoder/cosine_vs_ce.png"))
+    for name in ("ce_kl", "ce_kl_firing", "ce_margin", "ce_margin_firing"):
+        s = summary[name]
+        if "median_rho" not in s:
+            console.print(f"crosscoder {name}: {s.get('note')}")
+            continue
+        ratio = s["one_minus_median_ratio"]
+        lo, hi = s.get("median_rho_low"), s.get("median_rho_high")
+        ci_text = "n/a" if lo is None else f"{lo:.3f}..{hi:.3f}"
+        console.print(f"crosscoder {name}: median cosine {s['median_cos']:.3f}, median CE {s['median_rho']:.3f} "
+                      f"(CI {ci_text}), 1 - median(CE)/median(cos) = "
+                      f"{'not meaningful' if ratio is None else f'{ratio:.1%}'}, share cos > {p.cos_threshold} and "
+                      f"CE < {p.ce_threshold} = {s['share_high_cos_low_ce']:.1%}")
 
 
 if __name__ == "__main__":

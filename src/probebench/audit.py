@@ -1,17 +1,25 @@
 """Crosscoder audit: decoder cosine vs causal equivalence of shared latents on a base/IT pair.
 
 Published protocol (DESIGN §8): for each shared latent j, subtract f_j(x) d_j^m at the last
-token of layer L's output in model m, on M inputs; CE_j = Pearson across inputs of
+token of layer L's output in model m, on N inputs; CE_j = Pearson across inputs of
 KL(ablated || clean) of the next-token distribution in the two models. We also report our
-protocol: the Pearson of the signed token-margin deltas. Both come with a bootstrap CI.
+protocol: the Pearson of the signed token-margin deltas. Each protocol is reported over ALL
+inputs (the published definition; zero-inflated: where latent j does not fire, nothing is
+subtracted and KL = 0 in both models, which pulls the Pearson toward agreement) and over the
+inputs where j fires only. Every CE comes with a bootstrap CI, and every median with one.
+
+Known-answer controls (`identical_pair_control`, `planted_subspace_copy`) say whether the
+numbers measure the models or the crosscoder's training.
 
     >>> acts_NMD = paired_activations([base, it], tok, texts, layers=[13, 13])   # doctest: +SKIP
-    >>> table = latent_effects(cc, models, tok, prompts, layers, latents)        # doctest: +SKIP
+    >>> effects = latent_effects(cc, [base, it], tok, prompts, layers=[13, 13], latents=latents)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import copy
+import warnings
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,16 +27,33 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from probebench.ablate import readout_edit_effects
-from probebench.crosscoder import BatchTopKCrossCoder
+from probebench.crosscoder import CrossCoder, choose_latents, firing_frequency, latent_table, select_shared_latents
 from probebench.extract import check_finite, encode_prompts, extract
-from probebench.models import block_output, decoder_blocks, hooks
-from probebench.stats import bootstrap_indices, cosine_overstatement, pearson, pearson_rows, percentile_ci
+from probebench.models import block_output, decoder_blocks, hooks, load_model
+from probebench.stats import bootstrap_indices, cosine_overstatement, pearson_rows, percentile_ci
+
+# name -> (effect key, inputs); "ce_kl" over all inputs is the published protocol
+CE_DEFINITIONS = {
+    "ce_kl": ("kl_MLN", "all"),
+    "ce_kl_firing": ("kl_MLN", "firing"),
+    "ce_margin": ("delta_MLN", "all"),
+    "ce_margin_firing": ("delta_MLN", "firing"),
+}
+PUBLISHED_DEFINITION = "ce_kl"
+_DEFINITION_TEXT = {
+    "ce_kl": "Pearson over ALL inputs of KL(ablated || clean), next-token distribution (the published protocol)",
+    "ce_kl_firing": "Pearson of KL(ablated || clean) over the inputs where the latent fires only",
+    "ce_margin": "Pearson over ALL inputs of the token-margin change (ablated - clean)",
+    "ce_margin_firing": "Pearson of the token-margin change over the inputs where the latent fires only",
+}
+MIN_FIRING_INPUTS = 5  # a Pearson over fewer firing inputs is reported as NaN
 
 
 class AuditError(ValueError):
-    """A model pair or crosscoder the audit cannot use."""
+    """A model pair or crosscoder the audit cannot use, or a control it fails; one line, with the fix."""
 
 
+# ---------------------------------------------------------------------- models and activations
 def check_same_tokenizer(tokenizers: Sequence[PreTrainedTokenizerBase], names: Sequence[str]) -> None:
     """A crosscoder pairs activations token by token, so both models must tokenize identically."""
     if tokenizers[0].get_vocab() != tokenizers[1].get_vocab():
@@ -36,23 +61,37 @@ def check_same_tokenizer(tokenizers: Sequence[PreTrainedTokenizerBase], names: S
                          "pair that shares its tokenizer")
 
 
+def load_pair(model_params: Sequence[Any], names: Sequence[str]) -> tuple[list[PreTrainedModel], PreTrainedTokenizerBase]:
+    """Load the two models (each with `path`, `device`, `dtype`, `device_map`) and their shared
+    tokenizer; a pair whose two keys name one model is loaded once."""
+    loaded = [load_model(mp.path, device=mp.device, dtype=mp.dtype, device_map=mp.device_map)
+              for mp in model_params[: 1 if names[0] == names[1] else 2]]
+    if len(loaded) == 1:
+        loaded = loaded * 2
+    check_same_tokenizer([tok for _, tok in loaded], names)
+    return [m for m, _ in loaded], loaded[0][1]
+
+
 @torch.no_grad()
 def paired_activations(models: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
                        layers: Sequence[int], batch_size: int = 64,
                        progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Block outputs at every real (non-pad, non-special) token of every text, both models:
-    float32 [N_tokens, M, D] — the crosscoder's training data."""
+    float32 [N_tokens, M, D] — the crosscoder's training data. A model passed twice runs once."""
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start: start + batch_size])
         batch = encode_prompts(tokenizer, chunk, [len(t) for t in chunk])
         special = torch.tensor([[int(i in tokenizer.all_special_ids) for i in row] for row in batch.ids_BP.tolist()])
         keep_BP = (batch.mask_BP == 1) & (special == 0)
-        per_model = []
-        for model, layer in zip(models, layers):
+        per_model: list[torch.Tensor] = []
+        for m, (model, layer) in enumerate(zip(models, layers)):
+            if m > 0 and model is models[0] and layer == layers[0]:
+                per_model.append(per_model[0])
+                continue
             captured = {}
             block = decoder_blocks(model)[layer]
-            with hooks([(block, lambda m, i, o: captured.setdefault("r", block_output(o)))]):
+            with hooks([(block, lambda mod, i, o: captured.setdefault("r", block_output(o)))]):
                 device = next(model.parameters()).device
                 model(input_ids=batch.ids_BP.to(device), attention_mask=batch.mask_BP.to(device),
                       position_ids=batch.position_ids_BP.to(device), use_cache=False)
@@ -73,7 +112,7 @@ def readout_activations(models: Sequence[PreTrainedModel], tokenizer: PreTrained
 
 
 @torch.no_grad()
-def latent_effects(cc: BatchTopKCrossCoder, models: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+def latent_effects(cc: CrossCoder, models: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
                    prompts: pd.DataFrame, *, layers: Sequence[int], latents: Sequence[int],
                    readout_acts_NMD: np.ndarray | None = None, batch_size: int = 64,
                    progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
@@ -96,41 +135,202 @@ def latent_effects(cc: BatchTopKCrossCoder, models: Sequence[PreTrainedModel], t
         delta.append(out["ablated_margin_KN"] - out["clean_margin_N"][None])
         if progress is not None:
             progress(m + 1)
+    if (np.stack(kl) < 0).any():
+        raise AuditError("crosscoder audit: negative KL; this is a bug, please report it")
     return {"f_LN": f_LN.numpy(), "kl_MLN": np.stack(kl), "delta_MLN": np.stack(delta)}
 
 
-def _ce(x_N: np.ndarray, y_N: np.ndarray, idx_BN: np.ndarray, level: float) -> tuple[float, float, float]:
-    r = pearson(x_N, y_N)
-    if np.isnan(r):
-        return np.nan, np.nan, np.nan
-    low, high = percentile_ci(pearson_rows(x_N[idx_BN], y_N[idx_BN]), level)
-    return r, low, high
+def select_latents(cc: CrossCoder, readout_acts_NMD: np.ndarray, *, rel_norm_band: tuple[float, float], top_k: int,
+                   min_frequency: float, spread_init: float,
+                   min_spread_gain: float) -> tuple[pd.DataFrame, list[int], dict[str, Any]]:
+    """Latent table with firing frequency AT THE ABLATION SITE (a latent that never fires at the
+    readout token has no effect there and no defined CE), the selected latents, and the
+    selection record (`choose_latents`), plus the median decoder cosine of the selection."""
+    stats = latent_table(cc, firing_frequency_F=firing_frequency(cc, torch.from_numpy(readout_acts_NMD)))
+    latents, record = choose_latents(stats, rel_norm_band=rel_norm_band, top_k=top_k, min_frequency=min_frequency,
+                                     spread_init=spread_init, min_spread_gain=min_spread_gain)
+    if not latents:
+        raise AuditError("crosscoder: no latent fires at the readout token (and passes crosscoder.min_frequency / "
+                         "crosscoder.rel_norm_band); fix: train the crosscoder longer or lower min_frequency")
+    cos = stats.set_index("latent").loc[latents, "decoder_cosine"].to_numpy(np.float64)
+    record["median_decoder_cosine"] = float(np.nanmedian(cos))
+    return stats, latents, record
+
+
+# ---------------------------------------------------------------------- CE statistics
+def ce_statistics(effects: dict[str, np.ndarray], *, n_resamples: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
+    """Per CE definition (CE_DEFINITIONS): point CE_L, its percentile CI (low_L, high_L),
+    the bootstrap replicates reps_SL, and n_inputs_L (inputs the Pearson ran over).
+
+    "all": one index matrix shared by every latent (so the replicate medians are paired);
+    "firing": each latent resamples its own firing inputs (seeded), NaN below
+    MIN_FIRING_INPUTS. A replicate that is constant on one side is NaN and dropped.
+    """
+    f_LN = effects["f_LN"]
+    L, N = f_LN.shape
+    idx_all_SN = bootstrap_indices(N, n_resamples, seed)
+    out = {}
+    for name, (key, inputs) in CE_DEFINITIONS.items():
+        x_LN, y_LN = effects[key][0].astype(np.float64), effects[key][1].astype(np.float64)
+        point_L, low_L, high_L = (np.full(L, np.nan) for _ in range(3))
+        reps_SL = np.full((n_resamples, L), np.nan)
+        n_L = np.zeros(L, dtype=np.int64)
+        for j in range(L):
+            rows = np.arange(N) if inputs == "all" else np.flatnonzero(f_LN[j] > 0)
+            n_L[j] = len(rows)
+            if len(rows) < (2 if inputs == "all" else MIN_FIRING_INPUTS):
+                continue
+            x, y = x_LN[j, rows], y_LN[j, rows]
+            point_L[j] = pearson_rows(x[None], y[None])[0]
+            if np.isnan(point_L[j]):
+                continue
+            idx_SN = idx_all_SN if inputs == "all" else bootstrap_indices(len(rows), n_resamples, seed)
+            reps_SL[:, j] = pearson_rows(x[idx_SN], y[idx_SN])
+            low_L[j], high_L[j] = percentile_ci(reps_SL[:, j], level)
+        out[name] = {"point_L": point_L, "low_L": low_L, "high_L": high_L, "reps_SL": reps_SL, "n_inputs_L": n_L}
+    return out
 
 
 def audit_table(latent_stats: pd.DataFrame, effects: dict[str, np.ndarray], latents: Sequence[int], *,
-                n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """One row per audited latent: decoder cosine, both CE protocols with bootstrap CIs."""
-    n = effects["f_LN"].shape[1]
-    idx_BN = bootstrap_indices(n, n_resamples, seed)
-    rows = []
-    for i, j in enumerate(latents):
-        stats = latent_stats.set_index("latent").loc[j]
-        ce_kl = _ce(effects["kl_MLN"][0, i].astype(np.float64), effects["kl_MLN"][1, i].astype(np.float64), idx_BN, level)
-        ce_m = _ce(effects["delta_MLN"][0, i].astype(np.float64), effects["delta_MLN"][1, i].astype(np.float64), idx_BN, level)
-        rows.append({"latent": int(j), "decoder_cosine": float(stats["decoder_cosine"]),
-                     "relative_norm": float(stats["relative_norm"]), "firing_frequency": float(stats["firing_frequency"]),
-                     "fires_on_inputs": float((effects["f_LN"][i] > 0).mean()),
-                     "ce_kl": ce_kl[0], "ce_kl_low": ce_kl[1], "ce_kl_high": ce_kl[2],
-                     "ce_margin": ce_m[0], "ce_margin_low": ce_m[1], "ce_margin_high": ce_m[2],
-                     "mean_kl_0": float(effects["kl_MLN"][0, i].mean()), "mean_kl_1": float(effects["kl_MLN"][1, i].mean())})
-    return pd.DataFrame(rows)
+                n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                ce: dict[str, dict[str, np.ndarray]] | None = None) -> pd.DataFrame:
+    """One row per audited latent: decoder cosine, relative norm, firing, and every CE definition
+    with its bootstrap CI (`ce_kl` = the published protocol)."""
+    ce = ce_statistics(effects, n_resamples=n_resamples, seed=seed, level=level) if ce is None else ce
+    stats = latent_stats.set_index("latent").loc[list(latents)]
+    table = pd.DataFrame({
+        "latent": np.asarray(latents, dtype=np.int64),
+        "decoder_cosine": stats["decoder_cosine"].to_numpy(np.float64),
+        "relative_norm": stats["relative_norm"].to_numpy(np.float64),
+        "firing_frequency": stats["firing_frequency"].to_numpy(np.float64),
+        "fires_on_inputs": (effects["f_LN"] > 0).mean(axis=1).astype(np.float64),
+    })
+    for name, c in ce.items():
+        table[name], table[f"{name}_low"], table[f"{name}_high"] = c["point_L"], c["low_L"], c["high_L"]
+    table["mean_kl_0"] = effects["kl_MLN"][0].mean(axis=1).astype(np.float64)
+    table["mean_kl_1"] = effects["kl_MLN"][1].mean(axis=1).astype(np.float64)
+    return table
 
 
-def audit_summary(table: pd.DataFrame, *, cos_threshold: float = 0.7, ce_threshold: float = 0.5) -> dict:
-    """Median cosine, median CE per protocol, the share with cos > 0.7 and CE < 0.5, and
-    1 - median(CE)/median(cos), each named with its formula."""
-    out = {"n_latents": int(len(table))}
-    for protocol in ("ce_kl", "ce_margin"):
-        out[protocol] = cosine_overstatement(table[protocol].to_numpy(), table["decoder_cosine"].to_numpy(),
-                                             cos_threshold=cos_threshold, ce_threshold=ce_threshold)
+def _median_ci(reps_SL: np.ndarray, ok_L: np.ndarray, level: float) -> list[float | None]:
+    reps = reps_SL[:, ok_L]
+    if reps.shape[1] == 0:
+        return [None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN replicate row -> NaN, dropped below
+        med_S = np.nanmedian(reps, axis=1)
+    med_S = med_S[np.isfinite(med_S)]
+    return [None, None] if med_S.size == 0 else list(percentile_ci(med_S, level))
+
+
+def audit_summary(table: pd.DataFrame, *, cos_threshold: float = 0.7, ce_threshold: float = 0.5,
+                  ce: dict[str, dict[str, np.ndarray]] | None = None, level: float = 0.95) -> dict:
+    """Per CE definition: median cosine, median CE (+ its bootstrap CI when `ce` is given), the
+    share with cos > 0.7 and CE < 0.5, and 1 - median(CE)/median(cos) — null, with the reason,
+    where it is not meaningful (median cos <= 0 or <= median CE: it measures how far CE falls
+    below the cosine). Also names the published definition."""
+    out: dict[str, Any] = {
+        "n_latents": int(len(table)), "published_definition": PUBLISHED_DEFINITION,
+        "reproduces_paper": (f"{PUBLISHED_DEFINITION}: the paper's CE is the Pearson of KL over all inputs, zeros where "
+                             "the latent is silent included; ce_kl_firing is the same without that zero inflation"),
+        "definitions": dict(_DEFINITION_TEXT)}
+    cos_L = table["decoder_cosine"].to_numpy(np.float64)
+    for name in CE_DEFINITIONS:
+        if name not in table.columns:
+            continue
+        rho_L = table[name].to_numpy(np.float64)
+        ok_L = np.isfinite(rho_L) & np.isfinite(cos_L)
+        if not ok_L.any():
+            out[name] = {"n": 0, "n_nan": int(len(table)), "note": "no latent has this CE defined"}
+            continue
+        s = cosine_overstatement(rho_L, cos_L, cos_threshold=cos_threshold, ce_threshold=ce_threshold)
+        if s["median_cos"] <= 0 or s["median_cos"] <= s["median_rho"]:
+            s["one_minus_median_ratio"] = None
+            s["one_minus_median_ratio_note"] = (
+                f"not meaningful: median cos {s['median_cos']:.3f} is <= 0 or <= median CE {s['median_rho']:.3f}")
+        if ce is not None:
+            s["median_rho_low"], s["median_rho_high"] = _median_ci(ce[name]["reps_SL"], ok_L, level)
+        out[name] = s
     return out
+
+
+def numeric_metrics(summary: dict) -> dict:
+    """The numbers of a summary only (DVC metrics stay a table; flags as 0/1); text, lists and nulls
+    stay in summary.json.
+
+    >>> numeric_metrics({"n": 3, "note": "x", "ok": True, "s": {"r": None, "m": 0.5}})
+    {'n': 3, 'ok': 1, 's': {'m': 0.5}}
+    """
+    def keep(v):
+        if isinstance(v, dict):
+            d = {k: keep(x) for k, x in v.items()}
+            return {k: x for k, x in d.items() if x is not None and x != {}}
+        if isinstance(v, bool):
+            return int(v)  # pass/fail flags as 0/1, so `dvc metrics diff` shows them
+        return v if isinstance(v, (int, float)) else None
+    return keep(summary)
+
+
+# ---------------------------------------------------------------------- known-answer controls
+def identical_pair_control(cc: CrossCoder, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                           prompts: pd.DataFrame, *, layer: int, n_latents: int, min_value: float = 0.99,
+                           n_resamples: int = 200, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Control (a): a crosscoder trained on (model, model) — identical inputs on both sides — must
+    give cosine >= min_value and CE >= min_value (published protocol and token margin, all
+    inputs) for its `n_latents` most frequently firing latents, ablated in the model on both
+    sides. Fails when training has not erased the difference between the decoder halves'
+    initializations. Returns a record with `passed`."""
+    acts_NMD = readout_activations([model], tokenizer, prompts, layers=[layer])[:, [0, 0]]
+    stats = latent_table(cc, firing_frequency_F=firing_frequency(cc, torch.from_numpy(acts_NMD)))
+    latents = select_shared_latents(stats[stats["firing_frequency"] > 0], rel_norm_band=None, top_k=n_latents)
+    if not latents:
+        return {"passed": False, "n_latents": 0, "reason": "no latent of the control crosscoder fires at the readout"}
+    effects = latent_effects(cc, [model, model], tokenizer, prompts, layers=[layer, layer], latents=latents,
+                             readout_acts_NMD=acts_NMD)
+    table = audit_table(stats, effects, latents, n_resamples=n_resamples, seed=seed, level=level)
+    record: dict[str, Any] = {"n_latents": len(latents), "min_value": min_value}
+    worst = []
+    for col in ("decoder_cosine", "ce_kl", "ce_margin"):
+        v = table[col].to_numpy(np.float64)
+        # a CE that is undefined (latent silent on every input) fails: nothing was measured
+        record[f"min_{col}"] = float(np.nanmin(v)) if np.isfinite(v).any() else None
+        record[f"median_{col}"] = float(np.nanmedian(v)) if np.isfinite(v).any() else None
+        record[f"n_below_{col}"] = int((~(v >= min_value)).sum())
+        worst.append(record[f"n_below_{col}"])
+    record["passed"] = sum(worst) == 0
+    return record
+
+
+def planted_subspace_copy(model: PreTrainedModel, *, layer: int, from_KD: np.ndarray, to_KD: np.ndarray) -> PreTrainedModel:
+    """Control (b): a copy of `model` that reads a known subspace differently downstream of `layer`.
+
+    The residual entering block layer+1 has span(from_KD) and span(to_KD) swapped (an
+    orthogonal map, so norms are kept): layer `layer`'s own activations are unchanged, so a
+    crosscoder sees the two models as identical there (cosine ~1 everywhere), while an edit
+    along span(from_KD) acts downstream like an edit along span(to_KD). Latents whose decoder
+    lies in these spans should lose CE; latents orthogonal to them keep it (up to the change
+    in the clean context). Rows of from_KD and to_KD must be orthonormal and mutually orthogonal.
+    """
+    blocks = decoder_blocks(model)
+    if not 0 <= layer < len(blocks) - 1:
+        raise AuditError(f"planted change after layer {layer}: needs a block after it (model has {len(blocks)})")
+    S = torch.as_tensor(np.asarray(from_KD), dtype=torch.float32)
+    U = torch.as_tensor(np.asarray(to_KD), dtype=torch.float32)
+    gram = torch.cat([S, U]) @ torch.cat([S, U]).T
+    if S.shape != U.shape or not torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-4):
+        raise AuditError("planted change: from_KD and to_KD must have equal shapes and orthonormal, mutually "
+                         "orthogonal rows")
+    D = S.shape[1]
+    T_DD = torch.eye(D) - S.T @ S - U.T @ U + U.T @ S + S.T @ U   # swap the two spans
+    twin = copy.deepcopy(model)
+    param = next(twin.parameters())
+    T_DD = T_DD.to(device=param.device, dtype=param.dtype)
+
+    def swap(_module, args, kwargs):
+        if args:
+            return (args[0] @ T_DD, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] @ T_DD}
+
+    decoder_blocks(twin)[layer + 1].register_forward_pre_hook(swap, with_kwargs=True)
+    return twin
