@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import platform
 import statistics
@@ -290,6 +291,11 @@ def main() -> None:
     nnsight_version = None
     if args.skip_nnsight:
         nnsight_error = "skipped (--skip-nnsight)"
+    elif importlib.util.find_spec("nnsight") is None:
+        # Not a failure of nnsight: the benchmark extra is not installed. Say so, once, plainly,
+        # rather than a traceback or a bare null in the JSON.
+        nnsight_error = "nnsight is not installed: install the benchmark extra with pip install -e '.[bench]'"
+        log(f"warning: {nnsight_error}; method (b) is not timed and speedup_vs_nnsight is null")
     else:
         try:
             import nnsight
@@ -396,10 +402,13 @@ def main() -> None:
           + f", vs engine=hooks {med['hooks'] / med['prefix']:.2f}x")
     if not agree:
         print(f"WARNING: methods disagree by {max_diff:.3e} > {args.tolerance:.0e}")
+    if "nnsight" not in med:
+        print(f"WARNING: no nnsight timing: {nnsight_error}")
 
     summary = {
         "speedup_vs_naive": med["naive"] / med["prefix"],
         "speedup_vs_nnsight": med["nnsight"] / med["prefix"] if "nnsight" in med else None,
+        "speedup_vs_nnsight_missing_because": None if "nnsight" in med else nnsight_error,
         "speedup_vs_hooks_engine": med["hooks"] / med["prefix"],
         "fraction_of_floor": fraction_of_floor,
         "fraction_of_floor_prefix_k1": floor_time / med["prefix_k1"] if "prefix_k1" in med else None,

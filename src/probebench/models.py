@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,7 +40,29 @@ def load_model(name_or_path: str | Path, *, device: str = "cpu", dtype: str = "f
     """
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPES)}")
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if device_map is None:
+        from probebench.params import device_problem  # one rule for `probebench check` and here
+
+        # before the weights load: torch's own failure is a bare AssertionError after it
+        if (problem := device_problem(device)) is not None:
+            raise ModelError(f"{name_or_path}: {problem}")
+    local = Path(name_or_path)
+    if local.is_dir():
+        present = {f.name for f in local.iterdir()}
+        if "config.json" not in present:
+            raise ModelError(f"{local}: no config.json in the model directory; save the model there with "
+                             "model.save_pretrained(path)")
+        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")  # any one
+        if not present.intersection(tokenizer_files):
+            raise ModelError(f"{local}: no tokenizer files ({', '.join(tokenizer_files)}) in the model "
+                             "directory; save the tokenizer next to the model with tokenizer.save_pretrained(path)")
+    elif local.is_absolute() or str(name_or_path).startswith(".") or str(name_or_path).count("/") > 1:
+        raise ModelError(f"{name_or_path}: model directory not found (and not a hub id 'org/name'); check the path")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as exc:  # transformers' messages span lines and may not name the path
+        raise ModelError(f"{name_or_path}: cannot load its tokenizer ({str(exc).strip().splitlines()[0]}); "
+                         "give a directory or hub id with a fast tokenizer (tokenizer.json)") from None
     if not tokenizer.is_fast:
         raise ModelError(f"{name_or_path}: tokenizer is not a fast tokenizer, so it has no offset mapping; "
                          "convert it (tokenizer.json) or load with use_fast=True")
@@ -91,13 +114,18 @@ def d_model(model: PreTrainedModel) -> int:
 
 def resolve_layer(layer: int | float, n_layers_: int, *, where: str = "layer") -> int:
     """An int is a block index (negative counts from the end); a float in (0, 1] is a relative
-    depth resolved as round(depth * n_layers) - 1."""
+    depth resolved as floor(depth * n_layers + 0.5) - 1 (halves round up, never to even: 0.5 is
+    block 2 of 5 and block 3 of 7).
+
+    >>> resolve_layer(0.5, 5), resolve_layer(0.5, 7), resolve_layer(1.0, 26), resolve_layer(-1, 4)
+    (2, 3, 25, 3)
+    """
     if isinstance(layer, bool):
         raise ModelError(f"{where}: {layer!r} is not a layer; use a block index or a depth in (0, 1]")
     if isinstance(layer, float):
         if not 0.0 < layer <= 1.0:
             raise ModelError(f"{where}: relative depth {layer} must be in (0, 1]")
-        return max(0, round(layer * n_layers_) - 1)
+        return max(0, math.floor(layer * n_layers_ + 0.5) - 1)
     index = layer + n_layers_ if layer < 0 else layer
     if not 0 <= index < n_layers_:
         raise ModelError(f"{where}: layer {layer} out of range for a model with {n_layers_} blocks "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,32 @@ def cell_key(*, direction: np.ndarray, **parts) -> str:
     return digest.hexdigest()
 
 
+class StoreError(ValueError):
+    """A store directory that cannot be used: names the directory and the fix."""
+
+
 class CellStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.root}: cannot create the cell store ({exc.strerror or exc}); "
+                             "make its parent writable or remove what is in the way") from None
         self.corrupt: list[str] = []
+
+    def check_writable(self) -> None:
+        """Raise StoreError now if results could not be stored: called before computing, so an
+        unwritable store costs a second, not a whole ablation followed by a PermissionError.
+
+        Writes and removes a probe file, as `put` would (a mode check misses ACLs, read-only
+        mounts and root)."""
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".writable-"):
+                pass
+        except OSError as exc:
+            raise StoreError(f"{self.root}: the cell store is not writable ({exc.strerror or exc}); fix its "
+                             f"permissions (chmod u+w {self.root}) or remove the directory") from None
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.root / f"{key}.safetensors", self.root / f"{key}.sha256"
@@ -59,5 +81,9 @@ class CellStore:
         if key not in self.corrupt and self.get(key) is not None:
             return  # a valid entry is never overwritten
         data = tensors_bytes(tensors)
-        atomic_write_bytes(data_path, data)
-        atomic_write_text(sum_path, hashlib.sha256(data).hexdigest() + "\n")
+        try:
+            atomic_write_bytes(data_path, data)
+            atomic_write_text(sum_path, hashlib.sha256(data).hexdigest() + "\n")
+        except OSError as exc:  # e.g. the disk filled up mid-run
+            raise StoreError(f"{data_path}: cannot store the result ({exc.strerror or exc}); free space or fix "
+                             f"the permissions of {self.root}, then rerun (stored cells are kept)") from None
