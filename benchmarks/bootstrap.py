@@ -47,8 +47,8 @@ def main() -> None:
     y_N = 0.6 * x_N + 0.8 * rng.normal(size=N)
 
     def ours() -> tuple[float, float]:
-        idx_BN = bootstrap_indices(N, n_resamples=B, seed=0)
-        return percentile_ci(pearson_rows(x_N[idx_BN], y_N[idx_BN]), LEVEL)
+        idx_SN = bootstrap_indices(N, n_resamples=B, seed=0)
+        return percentile_ci(pearson_rows(x_N[idx_SN], y_N[idx_SN]), LEVEL)
 
     def scipy_loop() -> tuple[float, float]:
         res = scipy.stats.bootstrap(

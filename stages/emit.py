@@ -12,20 +12,26 @@ from _common import console, run
 
 import probebench
 from probebench.emit import build_entries, probe_id
+from probebench.environment import versions
 from probebench.io import atomic_write_text, dumps_json, read_json
 from probebench.params import Params
+from probebench.probes import load_probe
 
 
 def main(params: Params, argv: list[str]) -> None:
     cells = pd.read_parquet(Path("reports/cells.parquet"))
     metas = {m: read_json(Path("data/extract") / m / "meta.json") for m in params.models}
-    names = {m: params.models[m].name for m in params.models}
-    ids = {(task, s): probe_id(params.emit.probe_id_prefix, task, s, metas[s]["layer"], params.probe.method)
+    names = {m: params.display_name(m) for m in params.models}
+    ids = {(task, s): probe_id(params.emit.probe_id_prefix, task, s, metas[s]["layer"], params.probe.method,
+                               params.transfer.method)
            for task in params.tasks for s in params.models}
+    # an imported probe keeps the id its bundle declared (the leaderboard key of the submission)
+    ids.update({(pr.task, key): load_probe(pr.path).card.get("id") or key for key, pr in params.probes.items()})
     entries, cells_provenance = build_entries(cells, names, ids)
     params_json = params.model_dump_json()
     provenance = {
         "code_version": probebench.__version__,
+        "versions": versions(),
         "params_sha256": hashlib.sha256(params_json.encode()).hexdigest(),
         "models": {m: {"name": names[m], "fingerprint": metas[m]["fingerprint"], "layer": metas[m]["layer"],
                        "n_layers": metas[m]["n_layers"], "d_model": metas[m]["d_model"]} for m in params.models},

@@ -1,5 +1,6 @@
 """DVC stage extract@<model>: one model load; activations at the matched checkpoint and clean
-token margins for every prompt (train and test) of every prompt set."""
+token margins for every prompt (train and test) of every prompt set, plus the residuals at the
+word ends of the prompts held aside for the label-free transfer map."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from probebench.extract import extract
 from probebench.io import write_json, write_tensors
 from probebench.models import d_model, fingerprint, load_model, n_layers, resolve_layer
 from probebench.params import Params
+from probebench.tasks import map_mask
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -23,7 +25,7 @@ def main(params: Params, argv: list[str]) -> None:
     model, tokenizer = load_model(mp.path, device=mp.device, dtype=mp.dtype, device_map=mp.device_map)
     layer = resolve_layer(mp.layer, n_layers(model), where=f"params.yaml: models.{slug}.layer")
     out_dir = Path("data/extract") / slug
-    meta = {"model": slug, "name": mp.name, "fingerprint": fingerprint(mp.path), "layer": layer,
+    meta = {"model": slug, "name": params.display_name(slug), "fingerprint": fingerprint(mp.path), "layer": layer,
             "n_layers": n_layers(model), "d_model": d_model(model), "site": "resid_post", "tasks": {}}
     accuracy = {}
     with progress_bar() as bar:
@@ -31,7 +33,8 @@ def main(params: Params, argv: list[str]) -> None:
             prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
             job = bar.add_task(f"extract@{slug} {task}", total=len(prompts))
             out = extract(model, tokenizer, prompts, layer=layer, batch_size=params.extract.batch_size,
-                          where=f"extract@{slug} task {task}", progress=lambda n: bar.update(job, completed=n))
+                          where=f"extract@{slug} task {task}", progress=lambda n: bar.update(job, completed=n),
+                          word_end_rows=map_mask(prompts, params.split.salt, params.transfer.map_fraction))
             write_tensors(out_dir / f"{task}.safetensors", out)
             test = (prompts["split"] == "test").to_numpy()
             acc = float(((out["margin_N"][test] > 0) == (prompts["label"].to_numpy()[test] == 1)).mean())

@@ -12,7 +12,7 @@ from probebench.io import read_json, read_tensors, write_json
 from probebench.params import Params
 from probebench.probes import PROBE_METHODS, fit_probe, save_probe
 from probebench.stats import auroc
-from probebench.tasks import train_hash
+from probebench.tasks import map_mask, train_hash
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -23,15 +23,18 @@ def main(params: Params, argv: list[str]) -> None:
     for task in params.tasks:
         prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
         acts_ND = read_tensors(Path("data/extract") / slug / f"{task}.safetensors")["acts_ND"]
-        train = (prompts["split"] == "train").to_numpy()
+        test = (prompts["split"] == "test").to_numpy()
+        # the rows held aside for the label-free map are never shown to a probe
+        train = ~test & ~map_mask(prompts, params.split.salt, params.transfer.map_fraction)
         y_N = prompts["label"].to_numpy()
         aurocs[task] = {}
         for method in PROBE_METHODS:
             probe = fit_probe(acts_ND[train], y_N[train], method=method, C=params.probe.C, seed=params.seed)
-            score = round(auroc(probe.score(acts_ND[~train]), y_N[~train]), 6)
+            score = round(auroc(probe.score(acts_ND[test]), y_N[test]), 6)
             card = {**probe.card, "model": slug, "model_name": meta["name"], "task": task,
                     "checkpoint": {"layer": meta["layer"], "site": meta["site"], "position": "anchor"},
-                    "train_hash": train_hash(prompts), "auroc_test": score, "n_test": int((~train).sum())}
+                    "train_hash": train_hash(prompts[train | test]), "n_train": int(train.sum()),
+                    "auroc_test": score, "n_test": int(test.sum())}
             save_probe(type(probe)(direction=probe.direction, bias=probe.bias, method=method, card=card),
                        Path("data/probes") / slug / task / method)
             aurocs[task][method] = score

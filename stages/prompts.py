@@ -8,7 +8,7 @@ from _common import console, run
 
 from probebench.io import write_json, write_parquet
 from probebench.params import Params
-from probebench.tasks import build_synthetic, read_user_prompts, test_set_hash, train_hash
+from probebench.tasks import build_synthetic, near_duplicate_share, read_user_prompts, test_set_hash, train_hash
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -23,10 +23,12 @@ def main(params: Params, argv: list[str]) -> None:
                                test_fraction=params.split.test_fraction)
     info = {"task": name, "n_train": int((df.split == "train").sum()), "n_test": int((df.split == "test").sum()),
             "test_set_hash": test_set_hash(df), "train_hash": train_hash(df),
-            "positive_rate_test": round(float(df.loc[df.split == "test", "label"].mean()), 4)}
+            "positive_rate_test": round(float(df.loc[df.split == "test", "label"].mean()), 4),
+            "near_duplicate_share": round(near_duplicate_share(df), 4)}
     write_parquet(Path("data/prompts") / f"{name}.parquet", df)
     write_json(Path("data/prompts") / f"{name}.json", info)
-    console.print(f"prompts@{name}: {info['n_train']} train / {info['n_test']} test, hash {info['test_set_hash'][:12]}")
+    console.print(f"prompts@{name}: {info['n_train']} train / {info['n_test']} test, hash {info['test_set_hash'][:12]}, "
+                  f"{info['near_duplicate_share']:.0%} of test prompts within one word of a train prompt")
 
 
 if __name__ == "__main__":

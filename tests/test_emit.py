@@ -2,13 +2,12 @@ import pytest
 
 from probebench.emit import build_entries, notes_line, probe_id
 from probebench.leaderboard import LeaderboardError, load_schema
-from tests.test_matrix import cells_for, synthetic_effects
-from probebench.matrix import RuleConfig, apply_rules
+from tests.test_matrix import cells_for, ruled, synthetic_effects
 
 
 def ruled_cells(**kw):
     effects, transfers = synthetic_effects(rho=0.7, seed=4)
-    cells = apply_rules(cells_for(effects, transfers), RuleConfig(**kw), heldout_ok={"t": True})
+    cells = ruled(cells_for(effects, transfers), **kw)
     cells["test_set_hash"] = "ab" * 32
     cells["normalization"] = "token_margin"
     return cells
@@ -17,7 +16,7 @@ def ruled_cells(**kw):
 def test_entries_have_exactly_the_schema_keys_and_carry_the_cell():
     cells = ruled_cells()
     names = {"a": "org/model-a", "b": "org/model-b", "c": "org/model-c"}
-    ids = {("t", s): probe_id("pb", "t", s, 3, "logreg") for s in names}
+    ids = {("t", s): probe_id("pb", "t", s, 3, "logreg", "activation_ridge") for s in names}
     entries, prov = build_entries(cells, names, ids)
     assert len(entries) == 6  # off-diagonal only
     allowed = set(load_schema()["properties"])
@@ -25,9 +24,11 @@ def test_entries_have_exactly_the_schema_keys_and_carry_the_cell():
         assert set(e) <= allowed and {"probeId", "sourceModel", "targetModel", "pearson_ce"} <= set(e)
     e = next(e for e in entries if e["sourceModel"] == "org/model-a" and e["targetModel"] == "org/model-b")
     row = cells[(cells.source == "a") & (cells.target == "b")].iloc[0]
-    assert e["pearson_ce"] == round(row.pearson, 4) and e["probeId"] == "pb-t-a-l3-logreg"
+    assert e["pearson_ce"] == round(row.pearson, 4) and e["probeId"] == "pb-t-a-resid_post.L3-logreg-activation_ridge"
     assert f"[{row.ci_low:.3f}, {row.ci_high:.3f}]" in e["notes"] and "N=256, B=300" in e["notes"]
     assert "; scored;" in e["notes"] and "sha256:" + "ab" * 32 in e["notes"]
+    assert f"within-class {row.rho_within:.3f}" in e["notes"] and "transferred (Q2" in e["notes"]
+    assert e["transfer_auroc"] == round(row.transfer_auroc, 4)
     assert prov[0]["cell"]["n"] == 256
 
 
@@ -41,3 +42,9 @@ def test_invalid_entries_are_refused():
     cells.loc[~cells.diagonal, "transfer_auroc"] = 1.5
     with pytest.raises(LeaderboardError, match="transfer_auroc"):
         build_entries(cells, {m: m for m in "abc"}, {("t", s): s for s in "abc"})
+
+
+def test_probe_ids_never_collide_across_settings():
+    ids = {probe_id("pb", t, s, layer, pm, tm) for t in ("x", "y") for s in ("a", "b") for layer in (0, 1)
+           for pm in ("logreg", "mean_diff") for tm in ("activation_ridge", "score_ridge")}
+    assert len(ids) == 32

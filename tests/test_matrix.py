@@ -3,37 +3,60 @@ import pandas as pd
 import torch
 
 from probebench.extract import margin_stats
-from probebench.matrix import RuleConfig, apply_rules, cell_table, cosine_summary, normalize_effects, probe_scores
+from probebench.matrix import apply_rules, cell_table, cosine_summary, normalize_effects, probe_scores
+from probebench.params import MatrixParams
+
+
+def ruled(cells, heldout="", normalization="token_margin", accuracy=None, **kw):
+    kw.setdefault("min_resamples", 50)
+    return apply_rules(cells, MatrixParams(**kw), normalization=normalization, null_alpha=0.05, heldout={"t": heldout},
+                       accuracy=accuracy)
 
 MODELS = ["a", "b", "c"]
 
 
-def synthetic_effects(n=256, rho=0.6, shift_sd=0.0, seed=0, models=MODELS, tasks=("t",)):
-    """Per-prompt effects with a planted correlation between every pair of models' token-margin
-    deltas (a shared latent z) and, optionally, a large per-prompt shift added to every logit in
-    every model (it cancels in the margin but not in logit(pos))."""
+def _frame(task, target, source, kind, clean, delta, shift, labels):
+    n = len(clean)
+    return pd.DataFrame({
+        "task": task, "target": target, "kind": kind, "source": source,
+        "prompt_id": [f"p{i:04d}" for i in range(n)], "label": labels, "clean_margin": clean,
+        "ablated_margin": clean + delta, "delta": delta, "delta_logit_pos": 0.5 * delta + shift,
+        "delta_logprob_pos": 0.1 * delta})
+
+
+def synthetic_effects(n=256, rho=0.6, shift_sd=0.0, seed=0, models=MODELS, tasks=("t",), label_effect=0.0,
+                      transfer_rho=None, n_random=4):
+    """Per-prompt effects with a planted correlation `rho` between every pair of models' matched
+    deltas (a shared latent z), an optional label effect added to every matched delta, a
+    transferred direction whose delta shares z with weight `transfer_rho` (default: rho), random
+    null directions that share nothing, and optionally a large per-prompt shift added to every
+    logit in every model (it cancels in the margin but not in logit(pos))."""
     rng = np.random.default_rng(seed)
+    transfer_rho = rho if transfer_rho is None else transfer_rho
     rows, transfers = [], {t: {} for t in models}
     for task in tasks:
         z = rng.normal(size=n)
+        labels = (rng.random(n) < 0.5).astype(int)
         shift = shift_sd * rng.normal(size=n)
         for target in models:
             transfers[target][task] = {}
+            clean = rng.normal(2.0, 1.5, size=n)
+            own = z * np.sqrt(rho) + np.sqrt(1 - rho) * rng.normal(size=n) + label_effect * labels
+            rows.append(_frame(task, target, target, "matched", clean, own, shift, labels))
+            for j in range(n_random):
+                rows.append(_frame(task, target, f"random{j}", "random", clean, 0.05 * rng.normal(size=n), shift,
+                                   labels))
             for source in models:
-                if source == target:
-                    own = z * np.sqrt(rho) + np.sqrt(1 - rho) * rng.normal(size=n)
-                    delta = own
-                else:
-                    delta = z * np.sqrt(rho) + np.sqrt(1 - rho) * rng.normal(size=n)
-                clean = rng.normal(2.0, 1.5, size=n)
-                rows.append(pd.DataFrame({
-                    "task": task, "target": target, "source": source, "prompt_id": [f"p{i:04d}" for i in range(n)],
-                    "label": (clean > 0).astype(int), "clean_margin": clean, "ablated_margin": clean + delta,
-                    "delta": delta, "delta_logit_pos": 0.5 * delta + shift, "delta_logprob_pos": 0.1 * delta}))
-                transfers[target][task][source] = {"method": "native" if source == target else "score_ridge",
-                                                   "cosine_native": 1.0 if source == target else 0.9,
-                                                   "transfer_auroc": 0.8, "r2_test": 0.9}
-    # the source side of cell (s, t) is the (s, s) rows: make it identical for every t
+                info = {"method": "native", "transfer_auroc": 0.8, "native_auroc": 0.8, "cosine_transfer": 1.0}
+                if source != target:
+                    moved = (z * np.sqrt(transfer_rho) + np.sqrt(1 - transfer_rho) * rng.normal(size=n)
+                             + label_effect * labels)
+                    rows.append(_frame(task, target, source, "transferred", clean, moved, shift, labels))
+                    info = {"method": "activation_ridge", "transfer_auroc": 0.8, "native_auroc": 0.8,
+                            "r2_test": 0.9, "cosine_transfer": 0.9, "cosine_transfer_null_p": 0.04,
+                            "transfer_auroc_null_p": 0.04, "transfer_auroc_null_low": 0.3,
+                            "transfer_auroc_null_high": 0.7}
+                transfers[target][task][source] = info
     return pd.concat(rows, ignore_index=True), transfers
 
 
@@ -93,31 +116,79 @@ def test_effect_ratio_and_normalization_are_per_model():
 def test_rules_flags_and_scoring():
     effects, transfers = synthetic_effects(rho=0.2, seed=2)
     cells = cells_for(effects, transfers)
-    ruled = apply_rules(cells, RuleConfig(), heldout_ok={"t": True})
-    off = ruled[~ruled.diagonal]
-    assert off.not_same_mechanism.all() and off.cosine_confound.all() and ruled.scored.all()
-    assert not ruled.inert_direction.any()
-    assert not ruled[ruled.diagonal].not_same_mechanism.any()
-    few = apply_rules(cells, RuleConfig(min_sources=4), heldout_ok={"t": True})
+    r = ruled(cells)
+    off = r[~r.diagonal]
+    assert off.not_same_mechanism.all() and off.cosine_confound.all() and r.scored.all()
+    assert not off.transfer_at_null.any() and not r.inert_direction.any()
+    assert off["flags"].str.contains("not_same_mechanism").all()
+    assert not r[r.diagonal].not_same_mechanism.any() and (r[r.diagonal]["flags"] == "").all()
+    few = ruled(cells, min_sources=4)
     assert not few.scored.any() and few.unscored_reason.str.contains("3 source model").all()
-    small = apply_rules(cells, RuleConfig(min_n=300), heldout_ok={"t": True})
+    small = ruled(cells, min_n=300)
     assert small.unscored_reason.str.contains("N=256 < 300").all()
-    naive = apply_rules(cells, RuleConfig(normalization="logit_pos"), heldout_ok={"t": True})
-    assert not naive.scored.any()
-    leaked = apply_rules(cells, RuleConfig(), heldout_ok={"t": False})
-    assert not leaked.scored.any()
+    assert not ruled(cells, normalization="logit_pos").scored.any()
+    leaked = ruled(cells, heldout="probe a: card train_hash differs")
+    assert not leaked.scored.any() and leaked.unscored_reason.str.contains("train_hash").all()
+    few_b = ruled(cells, min_resamples=1000)
+    assert not few_b.scored.any() and few_b.unscored_reason.str.contains("B=300 bootstrap resamples < 1000").all()
+    chance = ruled(cells, accuracy={("t", "b"): 0.47, ("t", "a"): 0.97})
+    involves_b = (chance.source == "b") | (chance.target == "b")
+    assert not chance[involves_b].scored.any() and chance[~involves_b].scored.all()
+    assert chance[involves_b].unscored_reason.str.contains("b held-out verdict accuracy 0.47 < 0.6").all()
+
+
+def test_geometry_flags_need_a_cosine_above_its_null():
+    effects, transfers = synthetic_effects(rho=0.2, seed=2)
+    for t in transfers.values():
+        for info in t["t"].values():
+            if info["method"] != "native":
+                info["cosine_transfer_null_p"], info["transfer_auroc_null_p"] = 0.6, 0.6
+    r = ruled(cells_for(effects, transfers))
+    off = r[~r.diagonal]
+    assert not off.geometry_defined.any() and not off.cosine_confound.any() and off.transfer_at_null.all()
+    s = cosine_summary(r, MatrixParams())
+    assert s["t"]["n"] == 0 and "one_minus_median_ratio" not in s["t"]  # absent, not 0 or 1
+
+
+def test_pure_label_effect_gives_high_pooled_rho_but_within_class_rho_near_zero():
+    effects, transfers = synthetic_effects(rho=0.0, label_effect=3.0, seed=7, n=400)
+    r = ruled(cells_for(effects, transfers, n_resamples=1000))
+    off = r[~r.diagonal]
+    assert (off.pearson > 0.6).all()
+    assert ((off.rho_within_ci_low < 0) & (off.rho_within_ci_high > 0)).mean() >= 0.8
+    assert off.label_driven.all()
+
+
+def test_planted_within_class_covariation_is_recovered():
+    effects, transfers = synthetic_effects(rho=0.5, label_effect=3.0, seed=8, n=400)
+    r = ruled(cells_for(effects, transfers, n_resamples=1000))
+    off = r[~r.diagonal]
+    # within each class only the shared latent z remains: corr = rho
+    assert abs(off.rho_within.mean() - 0.5) < 0.08
+    assert ((off.rho_within_ci_low <= 0.5) & (off.rho_within_ci_high >= 0.5)).mean() >= 0.8
+    assert not off.label_driven.any()
+
+
+def test_transferred_rho_and_random_null_are_reported_apart_from_matched_rho():
+    effects, transfers = synthetic_effects(rho=0.8, transfer_rho=0.0, seed=9, n=400)
+    r = ruled(cells_for(effects, transfers, n_resamples=500))
+    off = r[~r.diagonal]
+    assert (off.pearson > 0.65).all() and (off.rho_transferred.abs() < 0.2).all()
+    assert (off.rho_null_high < 0.25).all() and off.rho_beats_null.all() and (off.n_random == 4).all()
+    diag = r[r.diagonal]
+    assert (diag.rho_transferred == 1.0).all() and (diag.rho_within == 1.0).all()
 
 
 def test_inert_direction_flag_marks_cells_whose_ablation_barely_moves_the_margin():
     effects, transfers = synthetic_effects(rho=0.6, seed=5)
     quiet = effects.copy()
-    on_c = (quiet.target == "c") & (quiet.source != "c")
+    on_c = (quiet.target == "c") & (quiet.kind == "matched")
     quiet.loc[on_c, ["delta", "ablated_margin"]] = quiet.loc[on_c, ["delta", "ablated_margin"]] * [1e-3, 1]
-    ruled = apply_rules(cells_for(quiet, transfers), RuleConfig(min_effect_sd=0.05), heldout_ok={"t": True})
-    off = ruled[~ruled.diagonal]
-    assert off.loc[off.target == "c", "inert_direction"].all()
-    assert not off.loc[off.target != "c", "inert_direction"].any()
-    assert ruled.scored.all()  # diagnostic only: the scoring rule is DESIGN's four conditions
+    r = ruled(cells_for(quiet, transfers), min_effect_sd=0.05)
+    off = r[~r.diagonal]
+    assert off.loc[(off.target == "c") | (off.source == "c"), "inert_direction"].all()
+    assert not off.loc[(off.target != "c") & (off.source != "c"), "inert_direction"].any()
+    assert r.scored.all()  # diagnostic only: the scoring rule is DESIGN's four conditions
 
 
 def test_probe_score_is_mean_of_scored_offdiagonal_clamped():
@@ -128,9 +199,12 @@ def test_probe_score_is_mean_of_scored_offdiagonal_clamped():
     assert scores["t/a"] == 0.5 and scores["t/b"] == 0.0
 
 
-def test_cosine_summary_uses_offdiagonal_cells():
-    cells = pd.DataFrame({"diagonal": [True, False, False, False], "pearson": [1.0, 0.616, 0.4, 0.9],
-                          "cosine": [1.0, 0.965, 0.965, 0.965]})
-    s = cosine_summary(cells)
+def test_cosine_summary_uses_offdiagonal_cells_with_defined_geometry_per_task():
+    cells = pd.DataFrame({"task": ["t"] * 5, "diagonal": [True, False, False, False, False],
+                          "geometry_defined": [False, True, True, True, False],
+                          "pearson": [1.0, 0.616, 0.4, 0.9, 0.0], "cosine": [np.nan, 0.965, 0.965, 0.965, 0.99]})
+    s = cosine_summary(cells, MatrixParams())["t"]
     assert s["n"] == 3 and abs(s["one_minus_median_ratio"] - (1 - 0.616 / 0.965)) < 1e-12
     assert abs(s["share_high_cos_low_ce"] - 1 / 3) < 1e-12
+    strict = cosine_summary(cells, MatrixParams(overstatement_ce_threshold=0.3))["t"]
+    assert strict["share_high_cos_low_ce"] == 0.0  # the params thresholds are used

@@ -20,15 +20,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
+MODELS = ("llama-t", "qwen2-t", "gpt2-t", "gemma2-t")
 
 TINY_OVERRIDES = {
     "tasks": {"sentiment": {"kind": "sentiment", "n_train": 96, "n_test": 48},
               "consistency": {"kind": "consistency", "n_train": 96, "n_test": 48}},
-    "zoo": {"threads": 1, "finetunes": {}, "models": {
+    "zoo": {"source": "train", "threads": 1, "finetunes": {}, "models": {
         "llama-t": {"family": "llama", "d_model": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 140, "steps": 15, "batch_size": 16},
         "qwen2-t": {"family": "qwen2", "d_model": 24, "n_layers": 2, "n_heads": 2, "vocab_size": 450, "steps": 15, "batch_size": 16},
-        "gpt2-t": {"family": "gpt2", "d_model": 16, "n_layers": 3, "n_heads": 2, "vocab_size": 320, "steps": 15, "batch_size": 16}}},
-    "models": {m: {"path": f"data/zoo/{m}", "layer": 0.5} for m in ("llama-t", "qwen2-t", "gpt2-t")},
+        "gpt2-t": {"family": "gpt2", "d_model": 16, "n_layers": 3, "n_heads": 2, "vocab_size": 320, "steps": 15, "batch_size": 16},
+        "gemma2-t": {"family": "gemma2", "d_model": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 200, "steps": 15, "batch_size": 16}}},
+    "models": {m: {"path": f"data/zoo/{m}", "layer": 0.5} for m in MODELS},
 }
 
 
@@ -40,6 +42,8 @@ def tiny_params() -> dict:
         params[key] = {**params[key], **value} if key == "zoo" else value
     params["bootstrap"]["n_resamples"] = 50
     params["matrix"]["min_n"] = 40
+    params["transfer"]["n_null"] = 4
+    params["ablate"]["n_random"] = 2
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
     params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=32, k=8, steps=300, batch_size=64, top_k=5,
                                 rel_norm_band=[0.0, 1.0])
@@ -68,11 +72,13 @@ def metrics(project: Path, name: str) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     project = tmp_path_factory.mktemp("project")
-    for item in ("dvc.yaml", "stages", "src", ".dvcignore"):
+    for item in ("dvc.yaml", "stages", "src", ".dvcignore", "data/imported"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
     shutil.rmtree(project / "src" / "probebench.egg-info", ignore_errors=True)
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (project / "zoo").mkdir()
+    (project / "zoo" / "manifest.json").write_text("{}")  # nothing pinned: the tiny zoo is trained
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
     (project / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n    no_scm = True\n")
     ran = repro(project, "repro")
@@ -89,13 +95,20 @@ def test_full_pipeline_runs_and_produces_valid_entries(project):
     assert named["ce_kl"]["formulae"]["one_minus_median_ratio"] == "1 - median(rho_CE) / median(cos)"
     assert (project / "reports" / "index.html").exists()
     cells = pd.read_parquet(project / "reports" / "cells.parquet")
-    assert len(cells) == 2 * 3 * 3
+    assert len(cells) == 2 * 4 * 4
     assert (cells.loc[cells.diagonal, "pearson"] == 1.0).all()
+    for column in ("rho_transferred", "rho_within", "rho_within_ci_low", "rho_within_ci_high", "transfer_auroc",
+                   "transfer_auroc_null_p", "rho_null_low", "rho_null_high", "cosine", "flags"):
+        assert column in cells.columns
+    csv_header = (project / "reports" / "cells.csv").read_text().splitlines()[0].split(",")
+    assert {"rho_transferred", "rho_within", "transfer_auroc_null_p", "cosine", "flags"} <= set(csv_header)
     entries = yaml.safe_load((project / "reports" / "probebench.yaml").read_text())
-    assert len(entries) == 2 * 3 * 2
+    assert len(entries) == 2 * 4 * 3
     assert all(set(e) == {"probeId", "sourceModel", "targetModel", "pearson_ce", "transfer_auroc", "notes"} for e in entries)
-    for m in ("llama-t", "qwen2-t", "gpt2-t"):
-        assert metrics(project, f"ablate/{m}.json") == {"cells_computed": 6, "cells_cached": 0, "cells_corrupt_recomputed": 0}
+    # per task: the matched probe, 3 transferred directions, 2 random directions
+    for m in MODELS:
+        assert metrics(project, f"ablate/{m}.json") == {"cells_computed": 12, "cells_cached": 0,
+                                                         "cells_corrupt_recomputed": 0}
     assert repro(project, "repro") == []  # a second repro does nothing
 
 
@@ -105,11 +118,11 @@ def test_one_model_change_reruns_only_what_depends_on_it(project):
     params["models"]["gpt2-t"]["layer"] = 1.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = set(repro(project, "repro"))
-    assert ran == {"extract@gpt2-t", "probe@gpt2-t", "ablate@llama-t", "ablate@qwen2-t", "ablate@gpt2-t",
+    assert ran == {"extract@gpt2-t", "probe@gpt2-t", *(f"ablate@{m}" for m in MODELS),
                    "normalize", "bootstrap", "matrix", "emit", "report"}
-    assert metrics(project, "ablate/gpt2-t.json")["cells_computed"] == 6
-    for other in ("llama-t", "qwen2-t"):  # only the cells whose source is gpt2-t (one per task)
-        assert metrics(project, f"ablate/{other}.json") == {"cells_computed": 2, "cells_cached": 4,
+    assert metrics(project, "ablate/gpt2-t.json")["cells_computed"] == 12
+    for other in ("llama-t", "qwen2-t", "gemma2-t"):  # only the direction transferred from gpt2-t (one per task)
+        assert metrics(project, f"ablate/{other}.json") == {"cells_computed": 2, "cells_cached": 10,
                                                              "cells_corrupt_recomputed": 0}
 
 
@@ -134,3 +147,45 @@ def test_scored_run_with_too_few_prompts_is_a_clear_error(project):
     assert proc.returncode != 0
     assert "tasks.sentiment has N=48 test prompts, fewer than matrix.min_n=200" in proc.stdout + proc.stderr
     assert (project / "reports" / "probebench.yaml").read_bytes() == before
+
+
+def test_a_site_bundle_runs_through_the_harness_as_a_source(project):
+    """The user flow: a bundle written as the openinterp tooling writes it, checked by the site's
+    client, imported, made a source with `probes:`, and found on the leaderboard under its id."""
+    from openinterp import probebench as site
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from probebench.io import read_tensors
+    from tests.test_probe_import import site_bundle
+
+    project, _ = project
+    acts = read_tensors(project / "data" / "extract" / "llama-t" / "sentiment.safetensors")["acts_ND"]
+    prompts = pd.read_parquet(project / "data" / "prompts" / "sentiment.parquet")
+    train, y = (prompts.split == "train").to_numpy(), prompts.label.to_numpy()
+    scaler = StandardScaler().fit(acts[train])
+    clf = LogisticRegression(max_iter=2000).fit(scaler.transform(acts[train]), y[train])
+    layer = json.loads((project / "data" / "extract" / "llama-t" / "meta.json").read_text())["layer"]
+    bundle = site_bundle(project / "bundle", scaler, clf, id="alice/sentiment-llama-t", modelId="llama-t",
+                         layer=layer)
+    assert site.validate(str(bundle))["ok"]
+    proc = subprocess.run([str(Path(sys.executable).parent / "probebench"), "probe", "import", str(bundle),
+                           "--model", "llama-t", "--task", "sentiment", "--out", "data/imported/alice",
+                           "--trust-pickle"], cwd=project, env=stage_env(project), text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["probes"] = {"alice": {"path": "data/imported/alice", "model": "llama-t", "task": "sentiment"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = set(repro(project, "repro"))
+    assert {f"ablate@{m}" for m in MODELS} <= ran and "extract@llama-t" not in ran
+    entries = yaml.safe_load((project / "reports" / "probebench.yaml").read_text())
+    rows = [e for e in entries if e["probeId"] == "alice/sentiment-llama-t"]
+    assert sorted(e["targetModel"] for e in rows) == ["gemma2-t", "gpt2-t", "qwen2-t"]  # >= 3 targets
+    assert all(e["sourceModel"] == "llama-t" for e in rows)
+    cells = pd.read_parquet(project / "reports" / "cells.parquet")
+    own = cells[(cells.source == "alice") & (cells.target == "llama-t")].iloc[0]
+    test = ~train
+    sklearn_auroc = roc_auc_score(y[test], clf.predict_proba(scaler.transform(acts[test]))[:, 1])
+    assert abs(own.transfer_auroc - sklearn_auroc) < 1e-6  # the held-out AUROC of the imported probe
+    assert not cells[cells.source == "alice"].scored.any()  # its training prompts cannot be checked

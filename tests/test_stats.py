@@ -57,27 +57,27 @@ def test_pearson_matches_scipy(seed, n):
 
 def test_pearson_rows_matches_scipy_row_by_row():
     rng = np.random.default_rng(7)
-    x_BN = rng.normal(size=(50, 64))
-    y_BN = rng.normal(size=(50, 64)) + 0.5 * x_BN
-    got_B = pearson_rows(x_BN, y_BN)
-    want_B = np.array([_scipy_r(x, y) for x, y in zip(x_BN, y_BN)])
-    np.testing.assert_allclose(got_B, want_B, rtol=0, atol=1e-12)
+    x_SN = rng.normal(size=(50, 64))
+    y_SN = rng.normal(size=(50, 64)) + 0.5 * x_SN
+    got_S = pearson_rows(x_SN, y_SN)
+    want_S = np.array([_scipy_r(x, y) for x, y in zip(x_SN, y_SN)])
+    np.testing.assert_allclose(got_S, want_S, rtol=0, atol=1e-12)
 
 
 def test_bootstrap_distribution_and_percentile_ci_match_scipy_per_resample():
     x, y = _correlated(256, 0.5, seed=3)
-    idx_BN = bootstrap_indices(256, n_resamples=300, seed=11)
-    theta_B = pearson_rows(x[idx_BN], y[idx_BN])
-    want_B = np.array([_scipy_r(x[i], y[i]) for i in idx_BN])
-    np.testing.assert_allclose(theta_B, want_B, rtol=0, atol=1e-12)
+    idx_SN = bootstrap_indices(256, n_resamples=300, seed=11)
+    theta_S = pearson_rows(x[idx_SN], y[idx_SN])
+    want_S = np.array([_scipy_r(x[i], y[i]) for i in idx_SN])
+    np.testing.assert_allclose(theta_S, want_S, rtol=0, atol=1e-12)
 
-    lo, hi = percentile_ci(theta_B, level=0.95)
-    want_lo, want_hi = np.percentile(want_B, [2.5, 97.5])
+    lo, hi = percentile_ci(theta_S, level=0.95)
+    want_lo, want_hi = np.percentile(want_S, [2.5, 97.5])
     assert lo == pytest.approx(want_lo, abs=1e-12)
     assert hi == pytest.approx(want_hi, abs=1e-12)
 
     # ... and cell_statistics reports exactly that interval.
-    cs = cell_statistics(x, y, idx_BN)
+    cs = cell_statistics(x, y, idx_SN)
     assert (cs.ci_low, cs.ci_high) == pytest.approx((want_lo, want_hi), abs=1e-12)
     assert cs.pearson == pytest.approx(_scipy_r(x, y), abs=1e-12)
 
@@ -88,9 +88,9 @@ def test_self_correlation_is_exactly_one(seed):
     x = rng.normal(size=256) * rng.uniform(0.01, 100.0) + rng.normal() * 10.0
     assert pearson(x, x) == 1.0
     assert pearson(x, -x) == -1.0
-    idx_BN = bootstrap_indices(256, n_resamples=500, seed=seed)
-    r_B = pearson_rows(x[idx_BN], x[idx_BN])
-    assert (r_B == 1.0).all()
+    idx_SN = bootstrap_indices(256, n_resamples=500, seed=seed)
+    r_S = pearson_rows(x[idx_SN], x[idx_SN])
+    assert (r_S == 1.0).all()
     assert (jackknife_pearson(x, x) == 1.0).all()
     assert max_jackknife_influence(x, x) == 0.0
 
@@ -121,9 +121,9 @@ def test_constant_that_does_not_center_to_zero_gives_nan(n, value):
 def test_constant_input_gives_nan():
     assert np.isnan(pearson(np.full(10, 3.0), np.arange(10.0)))
     assert np.isnan(pearson(np.arange(10.0), np.zeros(10)))
-    r_B = pearson_rows(np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]]), np.array([[1.0, 2.0, 3.0]] * 2))
-    assert np.isnan(r_B[0])
-    assert r_B[1] == pytest.approx(_scipy_r([1.0, 2.0, 4.0], [1.0, 2.0, 3.0]), abs=1e-12)
+    r_S = pearson_rows(np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]]), np.array([[1.0, 2.0, 3.0]] * 2))
+    assert np.isnan(r_S[0])
+    assert r_S[1] == pytest.approx(_scipy_r([1.0, 2.0, 4.0], [1.0, 2.0, 3.0]), abs=1e-12)
 
 
 def test_pearson_is_clipped_to_unit_interval():
@@ -142,29 +142,29 @@ def test_pearson_is_clipped_to_unit_interval():
 
 
 def test_bootstrap_indices_contract():
-    idx_BN = bootstrap_indices(200, n_resamples=1000, seed=42)
-    assert idx_BN.shape == (1000, 200)
-    assert idx_BN.dtype == np.int64
-    assert idx_BN.min() >= 0 and idx_BN.max() <= 199
+    idx_SN = bootstrap_indices(200, n_resamples=1000, seed=42)
+    assert idx_SN.shape == (1000, 200)
+    assert idx_SN.dtype == np.int64
+    assert idx_SN.min() >= 0 and idx_SN.max() <= 199
     # Seeded with default_rng(seed): reproducible, shared by every cell.
-    np.testing.assert_array_equal(idx_BN, bootstrap_indices(200, 1000, seed=42))
+    np.testing.assert_array_equal(idx_SN, bootstrap_indices(200, 1000, seed=42))
     np.testing.assert_array_equal(
-        idx_BN, np.random.default_rng(42).integers(0, 200, size=(1000, 200))
+        idx_SN, np.random.default_rng(42).integers(0, 200, size=(1000, 200))
     )
-    assert not np.array_equal(idx_BN, bootstrap_indices(200, 1000, seed=43))
+    assert not np.array_equal(idx_SN, bootstrap_indices(200, 1000, seed=43))
     # With replacement: about 1 - 1/e of prompts appear in a resample.
-    share_unique = np.mean([np.unique(row).size / 200 for row in idx_BN[:50]])
+    share_unique = np.mean([np.unique(row).size / 200 for row in idx_SN[:50]])
     assert share_unique == pytest.approx(1 - np.exp(-1), abs=0.03)
 
 
 def test_planted_correlation_is_covered():
     rho, n, n_seeds = 0.6, 400, 20
-    idx_BN = bootstrap_indices(n, n_resamples=1000, seed=2024)  # shared, as in production
+    idx_SN = bootstrap_indices(n, n_resamples=1000, seed=2024)  # shared, as in production
     hits = {"percentile": 0, "bca": 0}
     for seed in range(n_seeds):
         x, y = _correlated(n, rho, seed=100 + seed)
         for method in hits:
-            cs = cell_statistics(x, y, idx_BN, ci_method=method, ci_level=0.95)
+            cs = cell_statistics(x, y, idx_SN, ci_method=method, ci_level=0.95)
             assert cs.ci_low < cs.pearson < cs.ci_high
             hits[method] += cs.ci_low <= rho <= cs.ci_high
     assert hits["percentile"] >= 17, hits
@@ -172,28 +172,28 @@ def test_planted_correlation_is_covered():
 
 
 def test_percentile_ci_drops_nan_and_validates():
-    theta_B = np.concatenate([np.arange(101.0), [np.nan, np.nan]])
-    assert percentile_ci(theta_B, level=0.5) == pytest.approx((25.0, 75.0), abs=1e-12)
+    theta_S = np.concatenate([np.arange(101.0), [np.nan, np.nan]])
+    assert percentile_ci(theta_S, level=0.5) == pytest.approx((25.0, 75.0), abs=1e-12)
     with pytest.raises(ValueError, match="nan"):
         percentile_ci(np.full(5, np.nan))
     with pytest.raises(ValueError, match="level"):
         percentile_ci(np.arange(10.0), level=95)
 
 
-def _textbook_bca(x, y, theta_hat, theta_B, level):
+def _textbook_bca(x, y, theta_hat, theta_S, level):
     """Efron & Tibshirani eq. 14.10-14.15, with a brute-force jackknife.
 
     Ties theta_b == theta_hat count half in z0 (scipy.stats.bootstrap's convention).
     """
     n = len(x)
-    z0 = scipy.stats.norm.ppf((np.sum(theta_B < theta_hat) + np.sum(theta_B <= theta_hat)) / (2 * len(theta_B)))
+    z0 = scipy.stats.norm.ppf((np.sum(theta_S < theta_hat) + np.sum(theta_S <= theta_hat)) / (2 * len(theta_S)))
     jk = np.array([_scipy_r(np.delete(x, i), np.delete(y, i)) for i in range(n)])
     d = jk.mean() - jk
     a = np.sum(d**3) / (6 * np.sum(d**2) ** 1.5)
     out = []
     for z in scipy.stats.norm.ppf([(1 - level) / 2, (1 + level) / 2]):
         q = scipy.stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
-        out.append(np.percentile(theta_B, 100 * q))
+        out.append(np.percentile(theta_S, 100 * q))
     return tuple(out)
 
 
@@ -201,39 +201,39 @@ def _textbook_bca(x, y, theta_hat, theta_B, level):
 def test_bca_matches_textbook_formula(level):
     x, y = _correlated(220, -0.3, seed=9)
     y = y + 0.5 * x**2  # skewed bootstrap distribution so z0 and a are both nonzero
-    idx_BN = bootstrap_indices(220, n_resamples=800, seed=1)
-    theta_B = pearson_rows(x[idx_BN], y[idx_BN])
+    idx_SN = bootstrap_indices(220, n_resamples=800, seed=1)
+    theta_S = pearson_rows(x[idx_SN], y[idx_SN])
     r = _scipy_r(x, y)
-    got = bca_ci(x, y, r, theta_B, level=level)
-    want = _textbook_bca(x, y, r, theta_B, level)
+    got = bca_ci(x, y, r, theta_S, level=level)
+    want = _textbook_bca(x, y, r, theta_S, level)
     assert got == pytest.approx(want, abs=1e-12)
-    assert got != pytest.approx(percentile_ci(theta_B, level), abs=1e-6)  # BCa actually shifts
+    assert got != pytest.approx(percentile_ci(theta_S, level), abs=1e-6)  # BCa actually shifts
 
 
 def test_bca_counts_ties_half():
     # Coarsened statistics make many theta_b equal theta_hat, exercising the tie rule.
     x, y = _correlated(220, 0.3, seed=2)
-    idx_BN = bootstrap_indices(220, n_resamples=500, seed=3)
-    theta_B = np.round(pearson_rows(x[idx_BN], y[idx_BN]), 2)
+    idx_SN = bootstrap_indices(220, n_resamples=500, seed=3)
+    theta_S = np.round(pearson_rows(x[idx_SN], y[idx_SN]), 2)
     r = round(_scipy_r(x, y), 2)
-    assert np.sum(theta_B == r) > 20
-    got = bca_ci(x, y, r, theta_B)
-    assert got == pytest.approx(_textbook_bca(x, y, r, theta_B, 0.95), abs=1e-12)
+    assert np.sum(theta_S == r) > 20
+    got = bca_ci(x, y, r, theta_S)
+    assert got == pytest.approx(_textbook_bca(x, y, r, theta_S, 0.95), abs=1e-12)
 
 
 def test_bca_and_percentile_match_scipy_bootstrap():
     x, y = _correlated(256, 0.5, seed=4)
     stat = lambda a, b, axis: scipy.stats.pearsonr(a, b, axis=axis).statistic  # noqa: E731
-    theta_B = pearson_rows(*(v[bootstrap_indices(256, 1000, seed=0)] for v in (x, y)))
+    theta_S = pearson_rows(*(v[bootstrap_indices(256, 1000, seed=0)] for v in (x, y)))
     for method, ours in (
-        ("BCa", bca_ci(x, y, pearson(x, y), theta_B)),
-        ("percentile", percentile_ci(theta_B)),
+        ("BCa", bca_ci(x, y, pearson(x, y), theta_S)),
+        ("percentile", percentile_ci(theta_S)),
     ):
         res = scipy.stats.bootstrap(
             (x, y), stat, paired=True, vectorized=True, n_resamples=1000,
             method=method, rng=np.random.default_rng(0),
         )
-        if not np.allclose(res.bootstrap_distribution, theta_B, rtol=0, atol=1e-12):
+        if not np.allclose(res.bootstrap_distribution, theta_S, rtol=0, atol=1e-12):
             pytest.skip("this scipy draws its resample indices differently; textbook test covers BCa")
         want = (res.confidence_interval.low, res.confidence_interval.high)
         assert ours == pytest.approx(want, abs=1e-12), method
@@ -318,8 +318,8 @@ def test_auroc_errors():
 def test_cell_statistics_fields_and_to_dict():
     x, y = _correlated(250, 0.7, seed=21)
     y = 0.5 * y
-    idx_BN = bootstrap_indices(250, n_resamples=400, seed=0)
-    cs = cell_statistics(x, y, idx_BN, ci_level=0.9, ci_method="bca")
+    idx_SN = bootstrap_indices(250, n_resamples=400, seed=0)
+    cs = cell_statistics(x, y, idx_SN, ci_level=0.9, ci_method="bca")
     assert isinstance(cs, CellStats)
     assert cs.n == 250 and cs.n_resamples == 400
     assert cs.ci_level == 0.9 and cs.ci_method == "bca"
@@ -342,34 +342,34 @@ def test_cell_statistics_fields_and_to_dict():
 
 def test_cell_statistics_errors_name_the_argument():
     x, y = _correlated(200, 0.5, seed=0)
-    idx_BN = bootstrap_indices(200, n_resamples=10)
+    idx_SN = bootstrap_indices(200, n_resamples=10)
 
     with pytest.raises(ValueError, match=r"delta_source has 200 prompts, delta_target has 199"):
-        cell_statistics(x, y[:-1], idx_BN)
+        cell_statistics(x, y[:-1], idx_SN)
 
     y_nan = y.copy()
     y_nan[17] = np.nan
     with pytest.raises(ValueError, match=r"delta_target contains 1 non-finite.*\[17\]"):
-        cell_statistics(x, y_nan, idx_BN)
+        cell_statistics(x, y_nan, idx_SN)
 
     x_inf = x.copy()
     x_inf[3] = np.inf
     with pytest.raises(ValueError, match="delta_source contains 1 non-finite"):
-        cell_statistics(x_inf, y, idx_BN)
+        cell_statistics(x_inf, y, idx_SN)
 
     with pytest.raises(ValueError, match="delta_target is constant"):
-        cell_statistics(x, np.zeros(200), idx_BN)
+        cell_statistics(x, np.zeros(200), idx_SN)
 
-    with pytest.raises(ValueError, match="idx_BN has 150 columns but the cell has 200"):
+    with pytest.raises(ValueError, match="idx_SN has 150 columns but the cell has 200"):
         cell_statistics(x, y, bootstrap_indices(150, n_resamples=10))
 
-    bad_idx = idx_BN.copy()
+    bad_idx = idx_SN.copy()
     bad_idx[0, 0] = -1  # would silently wrap around in numpy
     with pytest.raises(ValueError, match=r"must lie in \[0, 199\]"):
         cell_statistics(x, y, bad_idx)
 
     with pytest.raises(ValueError, match="ci_method"):
-        cell_statistics(x, y, idx_BN, ci_method="basic")  # type: ignore[arg-type]
+        cell_statistics(x, y, idx_SN, ci_method="basic")  # type: ignore[arg-type]
 
     with pytest.raises(ValueError, match="x_N has 3 prompts, y_N has 2"):
         pearson([1.0, 2.0, 3.0], [1.0, 2.0])
@@ -409,3 +409,11 @@ def test_cosine_overstatement_share_and_nan_pairs():
 def test_public_api_is_exported():
     for name in stats.__all__:
         assert hasattr(stats, name)
+
+
+def test_cosine_overstatement_ratio_is_not_meaningful_when_cosine_is_below_rho():
+    out = cosine_overstatement([0.85, 0.9, 0.8], [0.3, 0.2, 0.4])
+    assert out["one_minus_median_ratio"] is None and "not meaningful" in out["one_minus_median_ratio_note"]
+    assert out["share_high_cos_low_ce"] == 0.0  # the other named statistic is still defined
+    zero = cosine_overstatement([0.1, 0.2], [0.0, 0.0])
+    assert zero["one_minus_median_ratio"] is None

@@ -49,28 +49,28 @@ def test_activation_ridge_on_unrelated_target_scores_low():
 
 def test_score_ridge_reproduces_source_score_heldout():
     hs, ht, hs_te, ht_te, A, w = planted_map()
-    tr = DirectionTransfer().fit(hs, ht, w)
+    tr = DirectionTransfer(method="score_ridge").fit(hs, ht, w)
     assert tr.method == "score_ridge" and tr.map_ is None and tr.readout_scale_ == 1.0
     assert tr.score(hs_te, ht_te, w) > 0.95
     # The transferred readout reproduces the source score in the target space: A v ~ w.
     assert cosine(A @ tr.direction_, w) > 0.99
     # Falsifiable: a target unrelated to the source cannot reproduce the score out of sample.
     rng = np.random.default_rng(3)
-    bad = DirectionTransfer().fit(hs, rng.normal(size=ht.shape), w)
+    bad = DirectionTransfer(method="score_ridge").fit(hs, rng.normal(size=ht.shape), w)
     assert bad.score(hs_te, rng.normal(size=ht_te.shape), w) < 0.2
 
 
 def test_alpha_selection_and_fixed_alpha():
     hs, ht, hs_te, ht_te, A, w = planted_map()
-    tr = DirectionTransfer().fit(hs, ht, w)
+    tr = DirectionTransfer(method="score_ridge").fit(hs, ht, w)
     hc = ht - ht.mean(0, dtype=np.float64)
     grid = np.einsum("ij,ij->", hc, hc) / DT * np.asarray(RELATIVE_ALPHAS)
     assert np.isclose(grid, tr.alpha_, rtol=1e-9).any()
     # An explicit absolute grid is searched as given.
-    tr2 = DirectionTransfer(alphas=(1e-3, 5e5)).fit(hs, ht, w)
+    tr2 = DirectionTransfer(method="score_ridge", alphas=(1e-3, 5e5)).fit(hs, ht, w)
     assert tr2.alpha_ in (1e-3, 5e5)
     # Huge fixed alpha shrinks the direction towards zero and wrecks the held-out fit.
-    big = DirectionTransfer(alpha=1e9).fit(hs, ht, w)
+    big = DirectionTransfer(method="score_ridge", alpha=1e9).fit(hs, ht, w)
     assert big.alpha_ == 1e9
     assert np.linalg.norm(big.direction_) < 1e-3 * np.linalg.norm(tr.direction_)
     assert big.score(hs_te, ht_te, w) < 0.1

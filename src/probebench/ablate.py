@@ -335,10 +335,13 @@ def split_directions(out: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
             for i in range(K)]
 
 
-def effects_frame(entry: dict[str, np.ndarray], prompts: pd.DataFrame, source: str) -> pd.DataFrame:
-    """One row per prompt: clean/ablated margins, the token-margin delta and the diagnostics."""
+def effects_frame(entry: dict[str, np.ndarray], prompts: pd.DataFrame, source: str,
+                  kind: str = "matched") -> pd.DataFrame:
+    """One row per prompt: clean/ablated margins, the token-margin delta and the diagnostics.
+    `kind` says which direction was ablated (matched | transferred | random, see
+    :mod:`probebench.directions`), `source` whose probe it came from."""
     return pd.DataFrame({
-        "source": source, "prompt_id": prompts["id"].to_numpy(), "label": prompts["label"].to_numpy(),
+        "kind": kind, "source": source, "prompt_id": prompts["id"].to_numpy(), "label": prompts["label"].to_numpy(),
         "clean_margin": entry["clean_margin"], "ablated_margin": entry["ablated_margin"],
         "delta": entry["ablated_margin"] - entry["clean_margin"],
         "delta_logit_pos": entry["ablated_logit_pos"] - entry["clean_logit_pos"],

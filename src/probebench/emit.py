@@ -4,7 +4,7 @@ An entry has exactly the site's keys: probeId, sourceModel, targetModel, pearson
 transfer_auroc, notes. Everything else (CI, N, B, flags, scored status, test-set hash) goes into
 `notes` as one readable line and, in full, into a provenance sidecar.
 
-    >>> entries, provenance = build_entries(cells, names, probe_ids, run_info)  # doctest: +SKIP
+    >>> entries, provenance = build_entries(cells, names, probe_ids)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,24 +16,36 @@ import pandas as pd
 from probebench.leaderboard import validate_entries
 
 
-def probe_id(prefix: str, task: str, source: str, layer: int, method: str) -> str:
-    return f"{prefix}-{task}-{source}-l{layer}-{method}"
+def probe_id(prefix: str, task: str, source: str, layer: int, probe_method: str, transfer_method: str) -> str:
+    """Task, source model, checkpoint (`resid_post.L<block>`: output of decoder block <block>,
+    0-based), probe method and transfer method: two different settings never share an id.
+
+    >>> probe_id("probebench", "sentiment", "gemma2-it", 0, "mean_diff", "activation_ridge")
+    'probebench-sentiment-gemma2-it-resid_post.L0-mean_diff-activation_ridge'
+    """
+    return f"{prefix}-{task}-{source}-resid_post.L{layer}-{probe_method}-{transfer_method}"
 
 
-def _flags(row) -> str:
-    flags = [f for f in ("not_same_mechanism", "cosine_confound", "inert_direction") if bool(row.get(f, False))]
-    return ", ".join(flags) if flags else "none"
+def _num(x, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
 def notes_line(row) -> str:
-    """One readable line: the number, its CI, N, B, flags, scored status and the test-set hash."""
+    """One readable line: which question each number answers, its CI and control, N, B, flags,
+    scored status and the test-set hash."""
     scored = "scored" if row["scored"] else f"reported, not scored ({row['unscored_reason']})"
-    r2 = row["transfer_r2"]
-    r2_text = "" if r2 is None or (isinstance(r2, float) and math.isnan(r2)) else f" R2={r2:.2f}"
-    return (f"rho_CE {row['pearson']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
-            f"{row['ci_level'] * 100:.0f}% {row['ci_method']} CI, N={row['n']}, B={row['n_resamples']}; "
-            f"{scored}; flags: {_flags(row)}; cosine {row['cosine']:.3f}; effect ratio {row['effect_ratio']:.2f}; "
-            f"transfer {row['transfer_method']}{r2_text}; normalization {row['normalization']}; "
+    geometry = ("cosine n/a (undefined)" if not row.get("geometry_defined", False) else
+                f"cosine {_num(row['cosine'])} ({row['geometry']}, null p={_num(row['cosine_null_p'], '.2f')})")
+    return (f"pearson_ce = matched rho_CE (target's own probe, Q1) {_num(row['pearson'])} "
+            f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] {row['ci_level'] * 100:.0f}% {row['ci_method']} CI, "
+            f"random-direction null {_num(row['rho_null_low'], '.2f')}..{_num(row['rho_null_high'], '.2f')}; "
+            f"within-class {_num(row['rho_within'])} [{_num(row['rho_within_ci_low'])}, "
+            f"{_num(row['rho_within_ci_high'])}]; transferred (Q2, label-free {row['transfer_method']}) "
+            f"{_num(row['rho_transferred'])} [{_num(row['rho_transferred_ci_low'])}, "
+            f"{_num(row['rho_transferred_ci_high'])}]; transfer_auroc is the transferred direction's "
+            f"(null p={_num(row['transfer_auroc_null_p'], '.2f')}, native {_num(row['native_auroc'])}); "
+            f"N={row['n']}, B={row['n_resamples']}; {scored}; flags: {row['flags'] or 'none'}; {geometry}; "
+            f"effect ratio {_num(row['effect_ratio'], '.2f')}; normalization {row['normalization']}; "
             f"testSetHash sha256:{row['test_set_hash']}")
 
 
@@ -42,11 +54,12 @@ def build_entries(cells: pd.DataFrame, names: dict[str, str], probe_ids: dict[tu
     """Entries for every off-diagonal cell (the diagonal is 1.0 by construction, not a transfer),
     validated against the CrossModelTransfer schema, plus one provenance record per entry."""
     entries, provenance = [], []
-    off = cells[~cells["diagonal"]].sort_values(["task", "source", "target"])
+    # the diagonal is 1.0 by construction; an imported probe against its own model is no transfer
+    off = cells[~cells["diagonal"] & (cells["source_model"] != cells["target"])].sort_values(["task", "source", "target"])
     for _, row in off.iterrows():
         if row["degenerate"] or math.isnan(row["pearson"]):
             continue  # no defined rho: nothing a leaderboard could show
-        entry = {"probeId": probe_ids[(row["task"], row["source"])], "sourceModel": names[row["source"]],
+        entry = {"probeId": probe_ids[(row["task"], row["source"])], "sourceModel": names[row["source_model"]],
                  "targetModel": names[row["target"]], "pearson_ce": round(float(row["pearson"]), 4),
                  "transfer_auroc": round(float(row["transfer_auroc"]), 4), "notes": notes_line(row)}
         entries.append(entry)

@@ -11,8 +11,11 @@ piece of text in every tokenizer, whatever the padding side or BOS.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -92,18 +95,64 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], anc
     return PromptBatch(ids_BP, mask_BP, readout_B)
 
 
+class ClassStringWarning(UserWarning):
+    """A class string this tokenizer splits into several tokens (only the first one is read)."""
+
+
 def class_token_ids(tokenizer: PreTrainedTokenizerBase, positive: str, negative: str, *, where: str = "") -> tuple[int, int]:
-    """First token of each class string in this tokenizer; they must differ."""
+    """First token of each class string in this tokenizer; they must differ, and each must be a
+    token the tokenizer knows that carries text: an unknown character maps to `<unk>` (or to
+    `▁` + `<unk>`, or to a byte piece of the character), and a margin read at such a token is
+    silently meaningless (issue 13: `" ☃"` gave "scored" entries at held-out accuracy 0.47). A
+    class string of several tokens is allowed with a ClassStringWarning: only its first token is
+    read."""
     pos = tokenizer(positive, add_special_tokens=False)["input_ids"]
     neg = tokenizer(negative, add_special_tokens=False)["input_ids"]
     if not pos or not neg:
         raise CheckpointError(f"{where}: empty class string {positive!r}/{negative!r}")
+    for text, ids in ((positive, pos), (negative, neg)):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        first = tokenizer.decode(ids[:1])
+        unknown = tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids
+        if unknown and ids[0] == tokenizer.unk_token_id:
+            problem = f"starts with the unknown token {tokenizer.unk_token!r}"
+        elif "\ufffd" in first and "\ufffd" not in text:
+            problem = "starts with a byte piece of a character, not a whole token"
+        elif not first.strip() and text.strip():
+            problem = "starts with a bare space token" + (f" and holds the unknown token {tokenizer.unk_token!r}"
+                                                          if unknown else "")
+        else:
+            if len(ids) > 1:
+                warnings.warn(f"{where}: class string {text!r} is {len(ids)} tokens {pieces} in this tokenizer; "
+                              f"only the first, {pieces[0]!r}, is read for the margin", ClassStringWarning, stacklevel=2)
+            continue
+        raise CheckpointError(f"{where}: class string {text!r} {problem} in this tokenizer (tokens {pieces}), so "
+                              "its margin would not read the class; choose a class string whose first token is one this "
+                              "tokenizer knows (try it with and without the leading space)")
     if pos[0] == neg[0]:
         raise CheckpointError(
             f"{where}: class strings {positive!r} and {negative!r} share their first token "
             f"{tokenizer.convert_ids_to_tokens(pos[0])!r} in this tokenizer, so the margin would be 0; "
             "choose class strings whose first tokens differ (e.g. without a leading space)")
     return pos[0], neg[0]
+
+
+def word_end_anchors(text: str, anchor: int) -> list[int]:
+    """Character offsets of the ends of the whitespace-separated words that end before the
+    readout anchor: positions every tokenizer can be matched at (the same piece of text), which
+    give the label-free map rows other than the readout itself.
+
+    >>> word_end_anchors("the box is red . honest ?", 25)
+    [3, 7, 10, 14, 16, 23]
+    """
+    return [m.end() for m in re.finditer(r"\S+", text) if m.end() < anchor]
+
+
+def word_end_tokens(tokenizer: PreTrainedTokenizerBase, text: str, anchor: int, *, where: str) -> list[int]:
+    """Token index (in the unpadded encoding) of each :func:`word_end_anchors` offset."""
+    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    return [anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], a, where=where)
+            for a in word_end_anchors(text, anchor)]
 
 
 def readout_logits(logits_BPV: torch.Tensor, readout_B: torch.Tensor) -> torch.Tensor:
@@ -126,11 +175,15 @@ def check_finite(name: str, tensor: torch.Tensor, *, where: str) -> None:
 
 @torch.no_grad()
 def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *, layer: int,
-            batch_size: int = 64, where: str = "", progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+            batch_size: int = 64, where: str = "", progress: Callable[[int], None] | None = None,
+            word_end_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Residual stream after block `layer` at each prompt's readout token, and the clean margins.
 
     Returns float32 `acts_ND` and float32 `margin_N`, `logit_pos_N`, `logprob_pos_N`, in the
-    order of `prompts` (one class-string pair per prompt set).
+    order of `prompts` (one class-string pair per prompt set). With `word_end_rows` (a boolean
+    mask over prompts) also `wordend_acts_WD`, the residual at every :func:`word_end_anchors`
+    position of those prompts, with `wordend_row_W` (prompt row) and `wordend_char_W` (character
+    offset): rows in text order, hence the same rows in every model.
     """
     positive, negative = prompts["positive"].iloc[0], prompts["negative"].iloc[0]
     if (prompts["positive"] != positive).any() or (prompts["negative"] != negative).any():
@@ -145,13 +198,23 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
 
     out: dict[str, list[np.ndarray]] = {"acts": [], "margin": [], "logit_pos": [], "logprob_pos": []}
     texts, anchors, ids = prompts["text"].tolist(), prompts["anchor"].tolist(), prompts["id"].tolist()
+    wordend: dict[str, list] = {"acts": [], "row": [], "char": []}
     with hooks([(block, capture)]):
         for start in range(0, len(texts), batch_size):
             sl = slice(start, start + batch_size)
             batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl]).to(device)
             logits_BPV = model(input_ids=batch.ids_BP, attention_mask=batch.mask_BP,
                                position_ids=batch.position_ids_BP).logits
-            acts_BD = readout_logits(captured.pop("resid_BPD"), batch.readout_B).float()
+            resid_BPD = captured.pop("resid_BPD")
+            acts_BD = readout_logits(resid_BPD, batch.readout_B).float()
+            if word_end_rows is not None:
+                for b, row in enumerate(range(start, min(start + batch_size, len(texts)))):
+                    if word_end_rows[row]:
+                        # right padding: unpadded token indices are the batch's indices
+                        tok = word_end_tokens(tokenizer, texts[row], anchors[row], where=f"{where} prompt {ids[row]}")
+                        wordend["acts"].append(resid_BPD[b, tok].float().cpu().numpy())
+                        wordend["row"].extend([row] * len(tok))
+                        wordend["char"].extend(word_end_anchors(texts[row], anchors[row]))
             stats = margin_stats(readout_logits(logits_BPV, batch.readout_B), pos, neg)
             check_finite("activations", acts_BD, where=where)
             check_finite("logits", stats["margin"], where=where)
@@ -160,4 +223,11 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
                 out[key].append(stats[key].cpu().numpy())
             if progress is not None:
                 progress(min(start + batch_size, len(texts)))
-    return {f"{k}_ND" if k == "acts" else f"{k}_N": np.concatenate(v).astype(np.float32) for k, v in out.items()}
+    result = {f"{k}_ND" if k == "acts" else f"{k}_N": np.concatenate(v).astype(np.float32) for k, v in out.items()}
+    if word_end_rows is not None:
+        d = result["acts_ND"].shape[1]
+        acts = np.concatenate(wordend["acts"]) if wordend["acts"] else np.zeros((0, d))
+        check_finite("word-end activations", torch.from_numpy(acts), where=where)
+        result.update(wordend_acts_WD=acts.astype(np.float32), wordend_row_W=np.asarray(wordend["row"], np.int64),
+                      wordend_char_W=np.asarray(wordend["char"], np.int64))
+    return result

@@ -9,15 +9,15 @@ direction is ablated in the source model and its transferred counterpart in the 
 with a paired bootstrap CI. Every cell is resampled with the SAME index matrix
 (:func:`bootstrap_indices`), so intervals of different cells are directly comparable.
 
-Shape suffixes: ``_N`` = one value per prompt, ``_B`` = one per bootstrap resample,
-``_BN`` = resample x prompt.
+Shape suffixes: ``_N`` = one value per prompt, ``_S`` = one per bootstrap resample,
+``_SN`` = resample x prompt (see CONTRIBUTING.md for every suffix).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> src_N = rng.normal(size=256)
 >>> tgt_N = 0.8 * src_N + 0.6 * rng.normal(size=256)
->>> idx_BN = bootstrap_indices(256, n_resamples=1000, seed=0)
->>> cs = cell_statistics(src_N, tgt_N, idx_BN)
+>>> idx_SN = bootstrap_indices(256, n_resamples=1000, seed=0)
+>>> cs = cell_statistics(src_N, tgt_N, idx_SN)
 >>> cs.ci_low < cs.pearson < cs.ci_high
 True
 """
@@ -92,7 +92,7 @@ def _check_level(level: float) -> float:
     return level
 
 
-def _center_scale_rows(a_BN: np.ndarray) -> np.ndarray:
+def _center_scale_rows(a_SN: np.ndarray) -> np.ndarray:
     """Center each row, then scale it by a power of two so its max |value| is in [0.5, 1).
 
     Multiplying by 2**k is exact in binary floating point, so the Pearson value is
@@ -100,17 +100,17 @@ def _center_scale_rows(a_BN: np.ndarray) -> np.ndarray:
     (|values| ~ 1e155) and underflow (|values| ~ 1e-160), which would otherwise turn a
     perfectly good correlation into inf/nan or fake a constant input.
     """
-    c_BN = a_BN - a_BN.mean(axis=-1, keepdims=True)
-    hi_B1 = c_BN.max(axis=-1, keepdims=True)
-    lo_B1 = c_BN.min(axis=-1, keepdims=True)
-    _, e_B1 = np.frexp(np.maximum(hi_B1, -lo_B1))  # max|c| = f * 2**e, f in [0.5, 1)
+    c_SN = a_SN - a_SN.mean(axis=-1, keepdims=True)
+    hi_S1 = c_SN.max(axis=-1, keepdims=True)
+    lo_S1 = c_SN.min(axis=-1, keepdims=True)
+    _, e_S1 = np.frexp(np.maximum(hi_S1, -lo_S1))  # max|c| = f * 2**e, f in [0.5, 1)
     # A constant row need not center to exactly 0 (mean([0.1] * 3) != 0.1 in floats); its
     # centered values are then a tiny common offset that would fake a nonzero variance.
     # Zero it so sxx == 0 and r is reported as nan. (nan rows: hi == lo is False, stays nan.)
     # Multiply by the per-row factor 2**-e rather than np.ldexp over the whole (B, N)
     # array: same exact result, ~8x faster (ldexp is not SIMD-vectorized).
-    scale_B1 = np.where(hi_B1 == lo_B1, 0.0, np.ldexp(1.0, -e_B1))
-    return c_BN * scale_B1
+    scale_S1 = np.where(hi_S1 == lo_S1, 0.0, np.ldexp(1.0, -e_S1))
+    return c_SN * scale_S1
 
 
 def _r_from_sums(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -> np.ndarray:
@@ -132,52 +132,52 @@ def _r_from_sums(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -> np.ndarra
 # --------------------------------------------------------------------------------------
 
 
-def pearson_rows(x_BN: ArrayLike, y_BN: ArrayLike) -> np.ndarray:
-    """Pearson r of each row pair: ``r_B[b] = pearson(x_BN[b], y_BN[b])``.
+def pearson_rows(x_SN: ArrayLike, y_SN: ArrayLike) -> np.ndarray:
+    """Pearson r of each row pair: ``r_S[b] = pearson(x_SN[b], y_SN[b])``.
 
     Same formula as :func:`pearson` (centered float64, ``sxy / sqrt(sxx * syy)``), so a
     resample of identical arrays gives exactly 1.0. Rows with zero variance in x or y
     give nan. Non-finite input propagates to nan.
 
     >>> import numpy as np
-    >>> x_BN = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
-    >>> y_BN = np.array([[2.0, 4.0, 6.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
-    >>> pearson_rows(x_BN, y_BN).tolist()
+    >>> x_SN = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    >>> y_SN = np.array([[2.0, 4.0, 6.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    >>> pearson_rows(x_SN, y_SN).tolist()
     [1.0, -1.0, nan]
     """
-    x_BN = np.asarray(x_BN, dtype=np.float64)
-    y_BN = np.asarray(y_BN, dtype=np.float64)
-    if x_BN.ndim != 2 or x_BN.shape != y_BN.shape:
+    x_SN = np.asarray(x_SN, dtype=np.float64)
+    y_SN = np.asarray(y_SN, dtype=np.float64)
+    if x_SN.ndim != 2 or x_SN.shape != y_SN.shape:
         raise ValueError(
-            f"x_BN and y_BN must be 2-D with equal shapes (resamples, prompts), "
-            f"got {x_BN.shape} and {y_BN.shape}"
+            f"x_SN and y_SN must be 2-D with equal shapes (resamples, prompts), "
+            f"got {x_SN.shape} and {y_SN.shape}"
         )
-    B, N = x_BN.shape
+    B, N = x_SN.shape
     if N < 2:
         raise ValueError(f"Pearson needs at least 2 prompts per row, got {N}")
     # Work through blocks of rows whose temporaries stay cache-sized: full (B, N)
     # temporaries (B = 1000, N = 256 -> 2 MB each) make it ~2x slower. Rows are
     # independent, so blocking does not change any result bit.
     rows = max(1, _BLOCK_ELEMENTS // N)
-    r_B = np.empty(B, dtype=np.float64)
+    r_S = np.empty(B, dtype=np.float64)
     for start in range(0, B, rows):
         stop = start + rows
-        r_B[start:stop] = _pearson_block(x_BN[start:stop], y_BN[start:stop])
-    return r_B
+        r_S[start:stop] = _pearson_block(x_SN[start:stop], y_SN[start:stop])
+    return r_S
 
 
 _BLOCK_ELEMENTS = 1 << 15  # 256 KiB of float64 per temporary: fits in L2
 
 
-def _pearson_block(x_BN: np.ndarray, y_BN: np.ndarray) -> np.ndarray:
-    xc_BN = _center_scale_rows(x_BN)
-    yc_BN = _center_scale_rows(y_BN)
+def _pearson_block(x_SN: np.ndarray, y_SN: np.ndarray) -> np.ndarray:
+    xc_SN = _center_scale_rows(x_SN)
+    yc_SN = _center_scale_rows(y_SN)
     # All three sums use the identical expression (elementwise product, then the same
     # contiguous row reduction), so identical inputs give bit-identical sums.
-    sxy_B = (xc_BN * yc_BN).sum(axis=1)
-    sxx_B = (xc_BN * xc_BN).sum(axis=1)
-    syy_B = (yc_BN * yc_BN).sum(axis=1)
-    return _r_from_sums(sxy_B, sxx_B, syy_B)
+    sxy_S = (xc_SN * yc_SN).sum(axis=1)
+    sxx_S = (xc_SN * xc_SN).sum(axis=1)
+    syy_S = (yc_SN * yc_SN).sum(axis=1)
+    return _r_from_sums(sxy_S, sxx_S, syy_S)
 
 
 def pearson(x_N: ArrayLike, y_N: ArrayLike) -> float:
@@ -207,17 +207,17 @@ def pearson(x_N: ArrayLike, y_N: ArrayLike) -> float:
 
 
 def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """Paired-bootstrap index matrix ``idx_BN`` of shape (n_resamples, n), dtype int64.
+    """Paired-bootstrap index matrix ``idx_SN`` of shape (n_resamples, n), dtype int64.
 
     Row b lists the prompts drawn (with replacement) for resample b. Build it ONCE per
     prompt set and share it across every cell so their CIs are comparable (same
     resamples, correlated Monte-Carlo error). Drawn as
     ``np.random.default_rng(seed).integers(0, n, size=(B, n))``.
 
-    >>> idx_BN = bootstrap_indices(5, n_resamples=3, seed=0)
-    >>> idx_BN.shape, idx_BN.dtype.name
+    >>> idx_SN = bootstrap_indices(5, n_resamples=3, seed=0)
+    >>> idx_SN.shape, idx_SN.dtype.name
     ((3, 5), 'int64')
-    >>> bool((bootstrap_indices(5, 3, seed=0) == idx_BN).all())
+    >>> bool((bootstrap_indices(5, 3, seed=0) == idx_SN).all())
     True
     """
     n, n_resamples = int(n), int(n_resamples)
@@ -229,22 +229,22 @@ def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndar
     return rng.integers(0, n, size=(n_resamples, n), dtype=np.int64)
 
 
-def _finite_resamples(theta_B: ArrayLike) -> np.ndarray:
-    theta_B = np.asarray(theta_B, dtype=np.float64)
-    if theta_B.ndim != 1:
-        raise ValueError(f"theta_B must be 1-D (one statistic per resample), got {theta_B.shape}")
+def _finite_resamples(theta_S: ArrayLike) -> np.ndarray:
+    theta_S = np.asarray(theta_S, dtype=np.float64)
+    if theta_S.ndim != 1:
+        raise ValueError(f"theta_S must be 1-D (one statistic per resample), got {theta_S.shape}")
     # nan arises when a resample is constant in x or y (r undefined); those resamples
     # carry no information about r and are dropped.
-    ok_B = ~np.isnan(theta_B)
-    if not ok_B.any():
+    ok_S = ~np.isnan(theta_S)
+    if not ok_S.any():
         raise ValueError(
-            f"all {theta_B.shape[0]} bootstrap statistics are nan (constant input?): no CI"
+            f"all {theta_S.shape[0]} bootstrap statistics are nan (constant input?): no CI"
         )
-    return theta_B[ok_B]
+    return theta_S[ok_S]
 
 
-def percentile_ci(theta_B: ArrayLike, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI: the (1-level)/2 and (1+level)/2 quantiles of ``theta_B``.
+def percentile_ci(theta_S: ArrayLike, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI: the (1-level)/2 and (1+level)/2 quantiles of ``theta_S``.
 
     Uses ``np.percentile`` (default linear interpolation) on the non-nan resample
     statistics.
@@ -253,9 +253,9 @@ def percentile_ci(theta_B: ArrayLike, level: float = 0.95) -> tuple[float, float
     (25.0, 75.0)
     """
     level = _check_level(level)
-    th_B = _finite_resamples(theta_B)
+    th_S = _finite_resamples(theta_S)
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.percentile(th_B, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    lo, hi = np.percentile(th_S, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return float(lo), float(hi)
 
 
@@ -263,25 +263,25 @@ def bca_ci(
     x_N: ArrayLike,
     y_N: ArrayLike,
     theta_hat: float,
-    theta_B: ArrayLike,
+    theta_S: ArrayLike,
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Bias-corrected and accelerated (BCa) bootstrap CI for Pearson r (Efron & Tibshirani 14.3).
 
-    * bias correction ``z0 = Phi^-1(share of theta_B below theta_hat)``, ties counted half
+    * bias correction ``z0 = Phi^-1(share of theta_S below theta_hat)``, ties counted half
       (same convention as ``scipy.stats.bootstrap``);
     * acceleration ``a = sum(d^3) / (6 * sum(d^2)^1.5)``, ``d = mean(r_(-i)) - r_(-i)``
       from the leave-one-out jackknife of Pearson on (x_N, y_N);
-    * endpoints = ``np.percentile`` of the non-nan ``theta_B`` at
+    * endpoints = ``np.percentile`` of the non-nan ``theta_S`` at
       ``Phi(z0 + (z0 + z) / (1 - a (z0 + z)))`` for z = Phi^-1((1 -/+ level) / 2).
 
     Returns (nan, nan) when BCa is undefined: every resample lies on one side of
-    theta_hat (z0 = +/-inf). ``x_N``/``y_N`` must be the data ``theta_B`` was resampled from.
+    theta_hat (z0 = +/-inf). ``x_N``/``y_N`` must be the data ``theta_S`` was resampled from.
 
     >>> rng = np.random.default_rng(1)
     >>> x_N = rng.normal(size=300); y_N = x_N + rng.normal(size=300)
-    >>> idx_BN = bootstrap_indices(300, 2000, seed=1)
-    >>> lo, hi = bca_ci(x_N, y_N, pearson(x_N, y_N), pearson_rows(x_N[idx_BN], y_N[idx_BN]))
+    >>> idx_SN = bootstrap_indices(300, 2000, seed=1)
+    >>> lo, hi = bca_ci(x_N, y_N, pearson(x_N, y_N), pearson_rows(x_N[idx_SN], y_N[idx_SN]))
     >>> bool(lo < pearson(x_N, y_N) < hi)
     True
     """
@@ -290,10 +290,10 @@ def bca_ci(
     theta_hat = float(theta_hat)
     if np.isnan(theta_hat):
         raise ValueError("theta_hat is nan: BCa needs a defined point estimate")
-    th_B = _finite_resamples(theta_B)
-    B = th_B.shape[0]
+    th_S = _finite_resamples(theta_S)
+    B = th_S.shape[0]
 
-    below = np.count_nonzero(th_B < theta_hat) + np.count_nonzero(th_B <= theta_hat)
+    below = np.count_nonzero(th_S < theta_hat) + np.count_nonzero(th_S <= theta_hat)
     z0 = scipy.stats.norm.ppf(below / (2.0 * B))
     if not np.isfinite(z0):
         return float("nan"), float("nan")
@@ -311,7 +311,7 @@ def bca_ci(
     for z in (z_lo, z_hi):
         num = z0 + z
         q.append(scipy.stats.norm.cdf(z0 + num / (1.0 - a * num)))
-    lo, hi = np.percentile(th_B, [100.0 * q[0], 100.0 * q[1]])
+    lo, hi = np.percentile(th_S, [100.0 * q[0], 100.0 * q[1]])
     return float(lo), float(hi)
 
 
@@ -446,7 +446,7 @@ class CellStats:
     """Summary statistics of one (task, source, target) cell.
 
     ``effect_ratio`` is the OLS slope of delta_target on delta_source. ``n_resamples`` is
-    the number of bootstrap resamples drawn (``idx_BN.shape[0]``).
+    the number of bootstrap resamples drawn (``idx_SN.shape[0]``).
     """
 
     n: int
@@ -472,15 +472,15 @@ class CellStats:
 def cell_statistics(
     delta_source_N: ArrayLike,
     delta_target_N: ArrayLike,
-    idx_BN: ArrayLike,
+    idx_SN: ArrayLike,
     *,
     ci_level: float = 0.95,
     ci_method: CIMethod = "percentile",
 ) -> CellStats:
-    """All statistics of one cell, bootstrapped over the shared index matrix ``idx_BN``.
+    """All statistics of one cell, bootstrapped over the shared index matrix ``idx_SN``.
 
     Raises ValueError for unpaired lengths, NaN/inf in either delta (naming which), a
-    constant delta (Pearson undefined), or an ``idx_BN`` that does not index N prompts.
+    constant delta (Pearson undefined), or an ``idx_SN`` that does not index N prompts.
 
     >>> rng = np.random.default_rng(0)
     >>> src_N = rng.normal(size=200); tgt_N = 2.0 * src_N + 0.1 * rng.normal(size=200)
@@ -504,35 +504,35 @@ def cell_statistics(
         raise ValueError(f"ci_method must be one of {_CI_METHODS}, got {ci_method!r}")
     ci_level = _check_level(ci_level)
 
-    idx_BN = np.asarray(idx_BN)
-    if idx_BN.ndim != 2 or not np.issubdtype(idx_BN.dtype, np.integer):
+    idx_SN = np.asarray(idx_SN)
+    if idx_SN.ndim != 2 or not np.issubdtype(idx_SN.dtype, np.integer):
         raise ValueError(
-            f"idx_BN must be a 2-D integer array (resamples, prompts), "
-            f"got shape {idx_BN.shape} dtype {idx_BN.dtype}"
+            f"idx_SN must be a 2-D integer array (resamples, prompts), "
+            f"got shape {idx_SN.shape} dtype {idx_SN.dtype}"
         )
-    if idx_BN.shape[1] != n:
+    if idx_SN.shape[1] != n:
         raise ValueError(
-            f"idx_BN has {idx_BN.shape[1]} columns but the cell has {n} prompts: "
+            f"idx_SN has {idx_SN.shape[1]} columns but the cell has {n} prompts: "
             "the index matrix was built for a different prompt set"
         )
     # Negative indices would silently wrap around in numpy instead of failing.
-    if idx_BN.size and (idx_BN.min() < 0 or idx_BN.max() >= n):
+    if idx_SN.size and (idx_SN.min() < 0 or idx_SN.max() >= n):
         raise ValueError(
-            f"idx_BN values span [{idx_BN.min()}, {idx_BN.max()}], must lie in [0, {n - 1}]"
+            f"idx_SN values span [{idx_SN.min()}, {idx_SN.max()}], must lie in [0, {n - 1}]"
         )
 
     r = pearson(src_N, tgt_N)
-    # == pearson_rows(src_N[idx_BN], tgt_N[idx_BN]), gathered block by block so the
+    # == pearson_rows(src_N[idx_SN], tgt_N[idx_SN]), gathered block by block so the
     # resampled (B, N) copies are never materialized in full.
     rows = max(1, _BLOCK_ELEMENTS // n)
-    theta_B = np.empty(idx_BN.shape[0], dtype=np.float64)
-    for start in range(0, idx_BN.shape[0], rows):
-        i_bN = idx_BN[start : start + rows]  # b = one block of resamples
-        theta_B[start : start + rows] = _pearson_block(src_N[i_bN], tgt_N[i_bN])
+    theta_S = np.empty(idx_SN.shape[0], dtype=np.float64)
+    for start in range(0, idx_SN.shape[0], rows):
+        i_sN = idx_SN[start : start + rows]  # b = one block of resamples
+        theta_S[start : start + rows] = _pearson_block(src_N[i_sN], tgt_N[i_sN])
     if ci_method == "percentile":
-        lo, hi = percentile_ci(theta_B, ci_level)
+        lo, hi = percentile_ci(theta_S, ci_level)
     else:
-        lo, hi = bca_ci(src_N, tgt_N, r, theta_B, ci_level)
+        lo, hi = bca_ci(src_N, tgt_N, r, theta_S, ci_level)
 
     return CellStats(
         n=int(n),
@@ -541,11 +541,56 @@ def cell_statistics(
         ci_high=hi,
         ci_level=ci_level,
         ci_method=ci_method,
-        n_resamples=int(idx_BN.shape[0]),
+        n_resamples=int(idx_SN.shape[0]),
         spearman=spearman(src_N, tgt_N),
         max_jackknife_influence=max_jackknife_influence(src_N, tgt_N),
         effect_ratio=slope(src_N, tgt_N),
     )
+
+
+def _center_within(a_SN: np.ndarray, lab_SN: np.ndarray) -> np.ndarray:
+    """Subtract from each value the mean of its label class within the same row (resample)."""
+    out_SN = a_SN.copy()
+    for c in np.unique(lab_SN):
+        m_SN = lab_SN == c
+        n_S1 = m_SN.sum(axis=1, keepdims=True)
+        mean_S1 = np.where(n_S1 > 0, (a_SN * m_SN).sum(axis=1, keepdims=True) / np.maximum(n_S1, 1), 0.0)
+        out_SN -= mean_S1 * m_SN
+    return out_SN
+
+
+def within_class_pearson(
+    x_N: ArrayLike, y_N: ArrayLike, labels_N: ArrayLike, idx_SN: ArrayLike, *, ci_level: float = 0.95
+) -> tuple[float, float, float]:
+    """Pearson of x and y after centring each within its label class (the partial correlation
+    on a binary label), with a percentile CI over the shared resamples ``idx_SN``; class means
+    are recomputed inside every resample. Returns (r, ci_low, ci_high).
+
+    Ablating a class-separating direction moves every delta with the label, so the pooled r is
+    largely corr(x, label) * corr(y, label); this one says whether the per-prompt effects agree
+    beyond the label. A pure label effect gives r near 0:
+
+    >>> rng = np.random.default_rng(0)
+    >>> lab = rng.integers(0, 2, 400).astype(float)
+    >>> x = 3 * lab + rng.normal(size=400); y = 3 * lab + rng.normal(size=400)
+    >>> round(pearson(x, y), 1), abs(within_class_pearson(x, y, lab, bootstrap_indices(400, 200))[0]) < 0.15
+    (0.7, True)
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    lab_N = _as_1d(labels_N, "labels_N")
+    if lab_N.shape != x_N.shape:
+        raise ValueError(f"labels_N has {lab_N.shape[0]} entries but the cell has {x_N.shape[0]} prompts")
+    idx_SN = np.asarray(idx_SN)
+    r = pearson(_center_within(x_N[None], lab_N[None])[0], _center_within(y_N[None], lab_N[None])[0])
+    rows = max(1, _BLOCK_ELEMENTS // x_N.shape[0])
+    theta_S = np.empty(idx_SN.shape[0], dtype=np.float64)
+    for start in range(0, idx_SN.shape[0], rows):
+        i_sN = idx_SN[start : start + rows]
+        lab_sN = lab_N[i_sN]
+        theta_S[start : start + rows] = _pearson_block(_center_within(x_N[i_sN], lab_sN),
+                                                       _center_within(y_N[i_sN], lab_sN))
+    lo, hi = percentile_ci(theta_S, _check_level(ci_level))
+    return r, lo, hi
 
 
 # --------------------------------------------------------------------------------------
@@ -572,32 +617,39 @@ def cosine_overstatement(
       rho < ce_threshold: how often a high cosine hides a weak causal match;
 
     plus ``median_cos``, ``median_rho``, ``n``, ``n_nan``, the thresholds and a
-    ``formulae`` dict stating each formula in words.
+    ``formulae`` dict stating each formula in words. Where median cos <= 0 or <= median rho
+    the ratio is not meaningful: it is None, with ``one_minus_median_ratio_note`` saying why.
 
     >>> out = cosine_overstatement([0.616, 0.3, 0.9], [0.965, 0.95, 0.99])
     >>> round(out["one_minus_median_ratio"], 4), round(out["share_high_cos_low_ce"], 4)
     (0.3617, 0.3333)
+    >>> cosine_overstatement([0.85, 0.9], [0.3, 0.2])["one_minus_median_ratio_note"][:15]
+    'not meaningful:'
     """
-    rho_K, cos_K = _paired_1d(rho, cos, "rho", "cos", unit="items")
-    for name, a_K in (("rho", rho_K), ("cos", cos_K)):
-        if np.isinf(a_K).any():
+    rho_I, cos_I = _paired_1d(rho, cos, "rho", "cos", unit="items")
+    for name, a_I in (("rho", rho_I), ("cos", cos_I)):
+        if np.isinf(a_I).any():
             raise ValueError(f"{name} contains inf: correlations/cosines must lie in [-1, 1]")
-    ok_K = ~(np.isnan(rho_K) | np.isnan(cos_K))
-    n_nan = int((~ok_K).sum())
-    rho_K, cos_K = rho_K[ok_K], cos_K[ok_K]
-    if rho_K.shape[0] == 0:
+    ok_I = ~(np.isnan(rho_I) | np.isnan(cos_I))
+    n_nan = int((~ok_I).sum())
+    rho_I, cos_I = rho_I[ok_I], cos_I[ok_I]
+    if rho_I.shape[0] == 0:
         raise ValueError(f"no item has both rho and cos defined ({n_nan} nan pairs)")
 
-    med_rho, med_cos = float(np.median(rho_K)), float(np.median(cos_K))
-    # median(cos) == 0 makes the ratio meaningless; report nan rather than +/-inf.
-    ratio_stat = 1.0 - med_rho / med_cos if med_cos != 0 else float("nan")
-    share = float(np.mean((cos_K > cos_threshold) & (rho_K < ce_threshold)))
+    med_rho, med_cos = float(np.median(rho_I)), float(np.median(cos_I))
+    share = float(np.mean((cos_I > cos_threshold) & (rho_I < ce_threshold)))
+    # The ratio measures how far rho falls short of the cosine: with median cos <= 0 or below
+    # median rho there is no shortfall to measure (0.3 vs 0.85 would print as -1.82).
+    meaningful = med_cos > 0 and med_cos > med_rho
+    note = {} if meaningful else {"one_minus_median_ratio_note": (
+        f"not meaningful: median cos {med_cos:.3f} is <= 0 or <= median rho {med_rho:.3f}")}
     return {
-        "one_minus_median_ratio": float(ratio_stat),
+        "one_minus_median_ratio": 1.0 - med_rho / med_cos if meaningful else None,
+        **note,
         "share_high_cos_low_ce": share,
         "median_cos": med_cos,
         "median_rho": med_rho,
-        "n": int(rho_K.shape[0]),
+        "n": int(rho_I.shape[0]),
         "n_nan": n_nan,
         "cos_threshold": float(cos_threshold),
         "ce_threshold": float(ce_threshold),

@@ -97,6 +97,29 @@ GENERATORS: dict[str, Callable[[np.random.Generator], tuple[str, float]]] = {
     "consistency": consistency_example,
 }
 
+# Template slots a grouped split can keep on one side (split.group_by): every prompt sharing the
+# slot's value goes to the same split, so test prompts are not one-word edits of train prompts
+# in that slot. The value is read back from the rendered text.
+SLOTS: dict[str, dict[str, str]] = {
+    "sentiment": {"subject": r"^review : the (\w+) was"},
+    "consistency": {"object": r"^the (\w+) is", "speaker": r" \. (\w+) says "},
+}
+
+
+def slot_value(kind: str, slot: str, text: str) -> str:
+    """The value of a template slot in a rendered prompt.
+
+    >>> slot_value("consistency", "object", "the box is red . alice says the box is blue . honest ?")
+    'box'
+    """
+    if slot not in SLOTS.get(kind, {}):
+        raise PromptSetError(f"split.group_by: task kind {kind!r} has no slot {slot!r}; "
+                             f"slots: {sorted(SLOTS.get(kind, {}))}")
+    m = re.search(SLOTS[kind][slot], text)
+    if m is None:
+        raise PromptSetError(f"split.group_by: slot {slot!r} not found in {text!r}")
+    return m.group(1)
+
 
 @dataclass(frozen=True)
 class SyntheticTaskSpec:
@@ -106,6 +129,7 @@ class SyntheticTaskSpec:
     n_train / n_test: prompts per split. test_fraction: share of the text space reserved for
     test by the hash split (the zoo never trains on that share). seed: sampling seed; the
     split itself depends only on `split_salt` so it is stable when n_train/n_test change.
+    group_by: a template slot (SLOTS) whose value, not the whole text, decides the split.
     """
 
     name: str
@@ -117,6 +141,7 @@ class SyntheticTaskSpec:
     seed: int = 0
     split_salt: str = "probebench-v1"
     test_fraction: float = 0.2
+    group_by: str | None = None
 
 
 def normalize_text(text: str) -> str:
@@ -129,6 +154,12 @@ def hash_split(key: str, salt: str, test_fraction: float) -> str:
     digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
     bucket = int.from_bytes(digest[:8], "big") / 2**64
     return "test" if bucket < test_fraction else "train"
+
+
+def split_of(spec: SyntheticTaskSpec, text: str) -> str:
+    """The split of a synthetic prompt: by its normalized text, or by its `group_by` slot value."""
+    key = normalize_text(text) if spec.group_by is None else slot_value(spec.kind, spec.group_by, text)
+    return hash_split(key, spec.split_salt, spec.test_fraction)
 
 
 def iter_synthetic(kind: str, seed: int) -> Iterator[tuple[str, float]]:
@@ -151,7 +182,7 @@ def build_synthetic(spec: SyntheticTaskSpec, max_draws: int = 2_000_000) -> pd.D
         if key in seen:
             continue
         seen.add(key)
-        split = hash_split(key, spec.split_salt, spec.test_fraction)
+        split = split_of(spec, text)
         if len(rows[split]) < wanted[split]:
             rows[split].append({"text": text, "strength": strength, "split": split})
         if all(len(rows[s]) >= wanted[s] for s in wanted):
@@ -177,6 +208,16 @@ def finalize(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
     if missing:
         raise PromptSetError(f"{source}: missing column(s) {missing}; required: id, text, label, positive, negative")
     df = df.copy()
+    for column in ("text", "positive", "negative"):
+        # bytes (a binary parquet column) or null would otherwise crash `.str` with a traceback
+        bad = ~df[column].map(lambda v: isinstance(v, str) and v != "")
+        if bad.any():
+            value = df.loc[bad, column].iloc[0]
+            got = "null" if value is None or (isinstance(value, float) and np.isnan(value)) else \
+                f"{value!r} ({type(value).__name__})"
+            raise PromptSetError(f"{source}: id {df.loc[bad, 'id'].iloc[0]!r} has {column} {got}; {column} must be "
+                                 "a non-empty string" + (" (decode the bytes as UTF-8 before writing the file)"
+                                                         if isinstance(value, bytes) else ""))
     if "anchor" not in df.columns:
         df["anchor"] = df["text"].str.len()
     df["anchor"] = df["anchor"].fillna(df["text"].str.len()).astype("int64")
@@ -204,6 +245,11 @@ def finalize(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         raise PromptSetError(f"{source}: id {df.loc[same, 'id'].iloc[0]!r} has identical positive and "
                              "negative class strings")
     df["label"] = df["label"].astype("int64")
+    for split in ("test", "train"):
+        if not (df["split"] == split).any():
+            raise PromptSetError(f"{source}: no {split} rows among {len(df)} prompts, so there is nothing to "
+                                 f"{'measure on' if split == 'test' else 'fit probes on'}; give some rows split: "
+                                 f"{split}, or leave split empty to assign rows by a hash of their id")
     check_no_leakage(df, source=source)
     return df[COLUMNS].reset_index(drop=True)
 
@@ -219,6 +265,76 @@ def check_no_leakage(df: pd.DataFrame, *, source: str) -> None:
         )
 
 
+def map_mask(df: pd.DataFrame, salt: str, fraction: float) -> np.ndarray:
+    """Train rows held aside for the label-free direction map (never seen by a probe).
+
+    A salted hash of the id picks ``fraction`` of the train split; test rows are never map rows.
+    Probes are fitted on train rows outside the mask, the map on the rows inside it, without
+    their labels, so the map cannot encode the probe's own labelled rows.
+
+    >>> df = pd.DataFrame({"id": [f"p{i}" for i in range(1000)], "split": ["train"] * 900 + ["test"] * 100})
+    >>> m = map_mask(df, "s", 0.25)
+    >>> bool(m[900:].any()), bool(0.2 < m[:900].mean() < 0.3)
+    (False, True)
+    """
+    if not 0.0 < fraction < 1.0:
+        raise PromptSetError(f"map fraction {fraction} must lie in (0, 1)")
+    train = (df["split"] == "train").to_numpy()
+    held = np.array([hash_split(str(i), f"{salt}\x00map", fraction) == "test" for i in df["id"]], dtype=bool)
+    return train & held
+
+
+def _one_word_keys(words: tuple[str, ...]) -> tuple[set, set]:
+    """Keys that two word sequences share iff they are within one word (substitution, insertion
+    or deletion): each word replaced by a wildcard, and each word deleted."""
+    subs = {(i, words[:i] + words[i + 1:]) for i in range(len(words))}
+    dels = {words[:i] + words[i + 1:] for i in range(len(words))}
+    return subs, dels
+
+
+def near_duplicate_share(df: pd.DataFrame) -> float:
+    """Share of test prompts within one word (one substitution, insertion or deletion, on
+    normalized whitespace-separated words) of some train prompt: a leakage measure the
+    exact-duplicate check cannot see.
+
+    >>> df = pd.DataFrame({"text": ["a b c", "x y z", "a q c", "x y z w", "m n o"],
+    ...                    "split": ["train", "train", "test", "test", "test"]})
+    >>> near_duplicate_share(df)  # "a q c" (substitution), "x y z w" (insertion); not "m n o"
+    0.6666666666666666
+    """
+    words = df["text"].map(lambda t: tuple(normalize_text(t).split()))
+    is_train = (df["split"] == "train").to_numpy()
+    train_exact, train_subs, train_dels = set(), set(), set()
+    for w in words[is_train]:
+        subs, dels = _one_word_keys(w)
+        train_exact.add(w)
+        train_subs |= subs
+        train_dels |= dels
+    test = words[~is_train]
+    if len(test) == 0:
+        return float("nan")
+    near = 0
+    for w in test:
+        subs, dels = _one_word_keys(w)
+        near += bool(w in train_exact or subs & train_subs or dels & train_exact or w in train_dels)
+    return near / len(test)
+
+
+def _id_string(value, row: int, path: Path) -> str:
+    """A prompt id as the string the file meant. A JSON/parquet integer id is its decimal string; a
+    float one (an integer column with a gap is read as float) must be integral, so `1` never
+    becomes `1.0`. A missing id is an error: hashing "nan" would silently pick a split."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value):
+        raise PromptSetError(f"{path}: row {row + 1} has no id; every prompt needs a unique id")
+    if isinstance(value, (bytes, bool, np.bool_)):
+        raise PromptSetError(f"{path}: row {row + 1} has id {value!r}; write ids as strings")
+    if isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            raise PromptSetError(f"{path}: row {row + 1} has the fractional id {value!r}; write ids as strings")
+        value = int(value)
+    return str(value)
+
+
 def read_user_prompts(path: Path, *, name: str, split_salt: str, test_fraction: float) -> pd.DataFrame:
     """A user's own prompt file (.jsonl, .csv or .parquet) with the DESIGN §2 columns.
 
@@ -232,7 +348,10 @@ def read_user_prompts(path: Path, *, name: str, split_salt: str, test_fraction: 
         if suffix == ".jsonl":
             df = pd.read_json(path, lines=True, dtype=False)
         elif suffix == ".csv":
-            df = pd.read_csv(path, keep_default_na=False, na_values={"split": [""], "anchor": [""], "strength": [""]})
+            # Text columns stay text: read as numbers, ids `000`/`001` would become 0/1 (another
+            # split and test-set hash, and `1` vs `01` a "duplicate").
+            df = pd.read_csv(path, keep_default_na=False, na_values={"split": [""], "anchor": [""], "strength": [""]},
+                             dtype={c: str for c in ("id", "text", "split", "positive", "negative")})
         elif suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
@@ -243,7 +362,9 @@ def read_user_prompts(path: Path, *, name: str, split_salt: str, test_fraction: 
         raise PromptSetError(f"{path}: cannot read prompt file ({exc})") from exc
     if "id" not in df.columns:
         raise PromptSetError(f"{path}: missing column 'id'; every prompt needs a unique id")
-    df["id"] = df["id"].astype(str)
+    if len(df) == 0:
+        raise PromptSetError(f"{path}: no prompts (tasks.{name}.file); give one row per prompt")
+    df["id"] = [_id_string(v, row, path) for row, v in enumerate(df["id"])]
     given = df["split"].astype(object) if "split" in df.columns else pd.Series([None] * len(df), dtype=object)
     assigned = [s if isinstance(s, str) and s else hash_split(i, split_salt, test_fraction)
                 for s, i in zip(given, df["id"])]

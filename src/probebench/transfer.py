@@ -1,12 +1,14 @@
 """Transfer a probe direction from a source model's residual stream (Ds) to a target's (Dt).
 
-Fitted on *paired* TRAIN activations only: row i of ``src_ND`` and ``tgt_ND`` is the same
-prompt run through the source and the target model. Three methods:
+Fitted on *paired* activations: row i of ``src_ND`` and ``tgt_ND`` is the same piece of text
+run through the source and the target model. No method reads labels; the rows must be ones the
+probe never saw (DESIGN §2): a map fitted on the probe's own labelled rows sends class means to
+class means and returns the target's own probe for any source. Three methods:
 
 * ``identity``: ``v_t = w_s``; only defined when Ds == Dt (e.g. two checkpoints of one model).
-* ``score_ridge`` (default): ``v_t = argmin ||Ht v - Hs w_s||^2 + alpha ||v||^2`` on centred
+* ``score_ridge``: ``v_t = argmin ||Ht v - Hs w_s||^2 + alpha ||v||^2`` on centred
   activations, i.e. the target direction whose readout reproduces the source probe score.
-* ``activation_ridge``: ridge map ``Ht ~ Hs A`` (A is [Ds, Dt]) and ``v_t = A^T w_s``, i.e.
+* ``activation_ridge`` (default): ridge map ``Ht ~ Hs A`` (A is [Ds, Dt]) and ``v_t = A^T w_s``, i.e.
   how a step along ``w_s`` in the source moves the target's activation.
 
 Example::
@@ -34,7 +36,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from probebench.checks import require_finite
 
-__all__ = ["DirectionTransfer", "TransferError", "cosine", "TRANSFER_METHODS", "RELATIVE_ALPHAS"]
+__all__ = ["DirectionTransfer", "TransferError", "cosine", "carry", "null_directions", "empirical_p", "TRANSFER_METHODS",
+           "RELATIVE_ALPHAS"]
 
 TRANSFER_METHODS = ("score_ridge", "activation_ridge", "identity")
 
@@ -81,7 +84,7 @@ class DirectionTransfer(BaseEstimator):
         (0.5, 1.0)
     """
 
-    def __init__(self, method: str = "score_ridge", alpha: float | None = None, alphas: Any = None):
+    def __init__(self, method: str = "activation_ridge", alpha: float | None = None, alphas: Any = None):
         self.method = method
         self.alpha = alpha
         self.alphas = alphas
@@ -240,3 +243,79 @@ def _direction(dir_D: Any, ds: int) -> np.ndarray:
     return w
 
 
+
+
+def carry(src_c: np.ndarray, tgt_c: np.ndarray, dir_D: np.ndarray, *, method: str, alpha: float) -> np.ndarray:
+    """The direction a fixed-strength ridge map fitted on centred rows carries `dir_D` to, in
+    closed form (what :class:`DirectionTransfer` computes with a fixed `alpha`, without forming
+    the [Ds, Dt] map): activation_ridge ``v = Yc^T Xc (Xc^T Xc + a I)^-1 w``, score_ridge
+    ``v = (Yc^T Yc + a I)^-1 Yc^T Xc w``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> hs = rng.normal(size=(50, 4)); ht = rng.normal(size=(50, 6)); w = rng.normal(size=4)
+    >>> ref = DirectionTransfer(method="activation_ridge", alpha=3.0).fit(hs, ht, w).direction_
+    >>> bool(np.allclose(carry(hs - hs.mean(0), ht - ht.mean(0), w, method="activation_ridge", alpha=3.0), ref))
+    True
+    """
+    if method == "activation_ridge":
+        gram = src_c.T @ src_c + alpha * np.eye(src_c.shape[1])
+        return tgt_c.T @ (src_c @ np.linalg.solve(gram, dir_D))
+    if method == "score_ridge":
+        gram = tgt_c.T @ tgt_c + alpha * np.eye(tgt_c.shape[1])
+        return np.linalg.solve(gram, tgt_c.T @ (src_c @ dir_D))
+    raise TransferError(f"null maps: method {method!r} has no null; use activation_ridge or score_ridge")
+
+
+def null_directions(src_WD: np.ndarray, tgt_WD: np.ndarray, dir_D: np.ndarray, *, method: str = "activation_ridge",
+                    alpha: float, n_null: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """Directions [R, Dt] carried by maps that cannot know the source's mechanism: ``noise``,
+    fitted from a Gaussian source with the real source's mean and covariance, and ``shuffled``,
+    fitted from the real source rows paired with the wrong target rows. Each has the ridge
+    strength `alpha` of the real map (pass ``fit.alpha_``), so only the pairing differs. One
+    draw is not a null (a one-dimensional readout makes single draws land anywhere); compare
+    against all R.
+
+    >>> rng = np.random.default_rng(0)
+    >>> hs = rng.normal(size=(400, 5)); ht = hs @ rng.normal(size=(5, 7))
+    >>> nulls = null_directions(hs, ht, np.ones(5), alpha=1.0, n_null=3)
+    >>> nulls["noise"].shape, nulls["shuffled"].shape
+    ((3, 7), (3, 7))
+    """
+    hs, ht = _paired(src_WD, tgt_WD, names=("src_WD", "tgt_WD"))
+    w_D = _direction(dir_D, hs.shape[1])
+    rng = np.random.default_rng(seed)
+    hs_c, ht_c = hs - hs.mean(axis=0), ht - ht.mean(axis=0)
+    cov_DD = np.cov(hs, rowvar=False).reshape(hs.shape[1], hs.shape[1])
+    # eigh, not cholesky: residual covariances are often rank-deficient
+    evals, evecs = np.linalg.eigh(cov_DD)
+    root_DD = evecs * np.sqrt(np.clip(evals, 0.0, None))
+    if method == "activation_ridge":
+        # permuting rows leaves Xc^T Xc unchanged: one solve serves every shuffled draw
+        z_D = np.linalg.solve(hs_c.T @ hs_c + alpha * np.eye(hs.shape[1]), w_D)
+
+        def shuffled(perm):
+            return ht_c.T @ (hs_c[perm] @ z_D)
+    else:
+        def shuffled(perm):
+            return carry(hs_c[perm], ht_c, w_D, method=method, alpha=alpha)
+    out: dict[str, list[np.ndarray]] = {"noise": [], "shuffled": []}
+    for _ in range(n_null):
+        noise_WD = rng.standard_normal(hs.shape) @ root_DD.T
+        out["noise"].append(carry(noise_WD - noise_WD.mean(axis=0), ht_c, w_D, method=method, alpha=alpha))
+        out["shuffled"].append(shuffled(rng.permutation(hs.shape[0])))
+    dt = ht.shape[1]
+    return {k: (np.stack(v) if v else np.zeros((0, dt))) for k, v in out.items()}
+
+
+def empirical_p(value: float, null_R: np.ndarray) -> float:
+    """One-sided empirical p of `value` against a null sample: (1 + #{null >= value}) / (1 + R).
+    With R = 20 the smallest attainable p is 1/21 = 0.048.
+
+    >>> empirical_p(0.9, np.array([0.1, 0.5, 0.95])), empirical_p(0.99, np.array([0.1, 0.5, 0.95]))
+    (0.5, 0.25)
+    """
+    null_R = np.asarray(null_R, dtype=np.float64).ravel()
+    null_R = null_R[np.isfinite(null_R)]
+    if not np.isfinite(value) or null_R.size == 0:
+        return float("nan")
+    return float((1 + np.sum(null_R >= value)) / (1 + null_R.size))

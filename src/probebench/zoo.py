@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from probebench.tasks import SyntheticTaskSpec, hash_split, iter_synthetic, normalize_text
+from probebench.tasks import SyntheticTaskSpec, iter_synthetic, normalize_text, split_of
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Tokenizer styles of the real families: sentencepiece-like metaspace BPE with a BOS token
@@ -67,7 +67,7 @@ class ZooModelSpec:
     n_kv_heads: int | None = None
     d_mlp: int | None = None
     vocab_size: int = 600
-    max_positions: int = 64
+    max_positions: int = 128
     steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
@@ -149,7 +149,7 @@ def _training_texts(tasks: Sequence[SyntheticTaskSpec], seed: int, it_fraction: 
         i = int(rng.integers(len(tasks)))
         task = tasks[i]
         text, strength = next(streams[i])
-        if hash_split(normalize_text(text), task.split_salt, task.test_fraction) == "test":
+        if split_of(task, text) == "test":
             continue  # the zoo never sees a held-out prompt
         answer = task.positive if strength > 0 else task.negative
         if it_fraction > 0 and rng.random() < it_fraction:
@@ -228,7 +228,7 @@ def verdict_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
     items, labels, seen = [], [], set()
     for text, strength in iter_synthetic(task.kind, seed):
         key = normalize_text(text)
-        if key in seen or hash_split(key, task.split_salt, task.test_fraction) != "test":
+        if key in seen or split_of(task, text) != "test":
             continue
         seen.add(key)
         items.append((text, task.positive, ""))
