@@ -46,7 +46,7 @@ def tiny_params() -> dict:
     params["ablate"]["n_random"] = 2
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
     params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=32, k=8, steps=300, batch_size=64, top_k=5,
-                                rel_norm_band=[0.0, 1.0])
+                                rel_norm_band=[0.0, 1.0], source="train")
     return params
 
 

@@ -22,13 +22,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from probebench import cli_leaderboard
+from probebench import cli_leaderboard, cli_zoo
 
 app = typer.Typer(help="probebench: is this probe the same causal mechanism in another model?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 probe_app = typer.Typer(help="Probe artifacts.", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 app.add_typer(cli_leaderboard.app, name="leaderboard")
+app.add_typer(cli_zoo.app, name="zoo")
 err = Console(stderr=True)
 out = Console()
 
@@ -40,15 +41,27 @@ def _fail(message: str) -> None:
 
 @app.command()
 def check(params: Annotated[Path, typer.Argument(help="params file to validate")] = Path("params.yaml")) -> None:
-    """Validate params.yaml (unknown keys, types, slugs, families) without running anything."""
-    from probebench.params import ParamsError, load_params
+    """Validate params.yaml (unknown keys, types, slugs, families) and everything a run would
+    otherwise find out late (scoring-rule N, devices, prompt files, layers and class strings of
+    model directories that exist) without computing anything."""
+    from rich.markup import escape
+
+    from probebench.params import load_params
+    from probebench.preflight import preflight
 
     try:
         p = load_params(params)
-    except ParamsError as exc:
-        _fail(str(exc))
+        notes = preflight(p, root=params.parent, source=str(params))
+    except ValueError as exc:  # ParamsError, PromptSetError, ModelError, CheckpointError: one line each
+        _fail(escape(str(exc)))
+    for note in notes:
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     out.print(f"{params}: ok ({len(p.tasks)} tasks, {len(p.models)} models, "
               f"{len(p.zoo.models) + len(p.zoo.finetunes)} zoo models)")
+    from probebench.environment import lock_differences
+
+    for line in lock_differences(params.parent / "requirements.lock"):
+        err.print(f"[yellow]warning:[/] {line}; reported numbers may differ in the last digits", highlight=False)
 
 
 @app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -64,38 +77,94 @@ def run_pipeline(ctx: typer.Context) -> None:
         _fail("dvc not found; install probebench with pip (dvc is a dependency)")
     if not Path(".git").exists():
         _fail("not a git checkout: DVC experiments need a git repo with at least one commit (git init && git commit)")
-    raise typer.Exit(subprocess.call([dvc, "repro", *ctx.args], env=env))
+    rc = subprocess.call([dvc, "repro", *ctx.args], env=env)
+    if rc != 0:
+        # DVC removed the failed stage's outputs before running it; dvc.lock still describes the
+        # last good run. Cached outputs come back from the DVC cache, the uncached reports and
+        # metrics (cache: false) from git.
+        err.print(f"[bold red]error:[/] dvc repro failed (exit {rc}); fix the cause above, then restore the last "
+                  "good outputs with `dvc checkout` and the reports and metrics with `git checkout -- reports metrics`",
+                  highlight=False, soft_wrap=True)
+    raise typer.Exit(rc)
 
 
 @app.command()
 def show(cells: Annotated[Path, typer.Option(help="cells table written by the matrix stage")] = Path("reports/cells.parquet"),
-         stat: Annotated[str, typer.Option(help="pearson | cosine | ci_low | ci_high | effect_ratio")] = "pearson") -> None:
-    """Print each task's source x target matrix (flagged cells in red, unscored dimmed)."""
+         stat: Annotated[str, typer.Option(help="pearson (pooled rho_CE) | rho_within | rho_transferred | any numeric "
+                                                "column, e.g. cosine, transfer_auroc")] = "pearson") -> None:
+    """Print each task's source x target matrix: estimate [95% CI] and flag letters per cell
+    (flagged cells in red, unscored cells dimmed)."""
     import pandas as pd
+
+    from probebench.report import FLAG_CODES, cell_flags, format_ci
 
     if not cells.exists():
         _fail(f"{cells} not found; run the pipeline first (probebench run)")
-    df = pd.read_parquet(cells)
+    try:
+        df = pd.read_parquet(cells)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        _fail(f"{cells}: cannot be read ({str(exc).splitlines()[0]}); restore it with `dvc checkout` "
+              "or rerun the pipeline (probebench run)")
     if stat not in df.columns:
-        _fail(f"--stat {stat!r} is not a column of {cells}")
-    for task, sub in df.groupby("task"):
+        _fail(f"--stat {stat!r} is not a column of {cells}; columns: {', '.join(sorted(df.columns))}")
+    if not pd.api.types.is_numeric_dtype(df[stat]):
+        _fail(f"--stat {stat!r} is not numeric; pick a statistic column such as pearson or rho_within")
+    lo, hi = ("ci_low", "ci_high") if stat == "pearson" else (f"{stat}_ci_low", f"{stat}_ci_high")
+    df = df.assign(flag_list=cell_flags(df), diagonal=df["source"] == df["target"])
+    scored = df["scored"].astype(bool) if "scored" in df.columns else pd.Series(True, index=df.index)
+    for task, sub in df.groupby("task", sort=True):
         targets = sorted(sub["target"].unique())
-        table = Table(title=f"{task}: {stat} (rows: source, columns: target)")
+        ci = " [95% CI]" if lo in sub.columns else ""
+        name = "pooled rho_CE (pearson)" if stat == "pearson" else stat
+        table = Table(title=f"{task}: {name}{ci} (rows: source, columns: target)", show_lines=True)
         table.add_column("source")
         for t in targets:
             table.add_column(t, justify="right")
-        for source, rows in sub.groupby("source"):
-            by_t = rows.set_index("target")
-            cells_txt = []
+        for source, rows in sub.groupby("source", sort=True):
+            texts = []
             for t in targets:
-                r = by_t.loc[t]
-                txt = f"{r[stat]:.2f}"
-                if stat == "pearson" and not r["diagonal"]:
-                    txt = f"[red]{txt}[/]" if r["not_same_mechanism"] else txt
-                    txt = txt if r["scored"] else f"[dim]{txt}[/]"
-                cells_txt.append(txt)
-            table.add_row(source, *cells_txt)
+                pick = rows[rows["target"] == t]
+                if pick.empty:
+                    texts.append("")
+                    continue
+                r = pick.iloc[0]
+                if r["diagonal"] and stat in ("pearson", "rho_within", "rho_transferred"):
+                    texts.append("[dim]1 (diagonal)[/]")
+                    continue
+                txt = format_ci(r[stat], r.get(lo, float("nan")), r.get(hi, float("nan")))
+                if r["flag_list"]:
+                    txt = f"[red]{txt} {''.join(FLAG_CODES.get(f, '?') for f in r['flag_list'])}[/]"
+                texts.append(txt if scored[r.name] else f"[dim]{txt}[/]")
+            table.add_row(source, *texts)
         out.print(table)
+    used = {f for fl in df["flag_list"] for f in fl}
+    if used:
+        out.print("flags: " + ", ".join(f"{FLAG_CODES.get(f, '?')} = {f}" for f in FLAG_CODES if f in used)
+                  + "; dimmed: reported, not scored", highlight=False)
+
+
+@app.command()
+def report(open_page: Annotated[bool, typer.Option("--open", help="open the page in the web browser afterwards")] = False
+           ) -> None:
+    """Build reports/index.html (`dvc repro report`: reruns whatever it depends on that is out of date)."""
+    check(Path("params.yaml"))
+    # Same environment rule as `run`: stage commands say `python ...`, so this interpreter's bin first.
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    dvc = shutil.which("dvc", path=env["PATH"])
+    if dvc is None:
+        _fail("dvc not found; install probebench with pip (dvc is a dependency)")
+    code = subprocess.call([dvc, "repro", "report"], env=env)
+    if code != 0:
+        raise typer.Exit(code)
+    page = Path("reports/index.html").resolve()
+    if not page.exists():
+        _fail(f"{page} was not written; check the output of `dvc repro report` above")
+    out.print(f"report: {page.as_uri()}", highlight=False)
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(page.as_uri()):
+            err.print("no web browser found here; open the address above in one")
 
 
 @probe_app.command("import")
@@ -170,6 +239,29 @@ def probe_import(path: Annotated[Path, typer.Argument(help=".npy, .safetensors, 
     out.print(f"imported {path} -> {out_dir} (id {card.get('id', '-')}, {where}, method {probe.method})",
               highlight=False, soft_wrap=True)
     out.print(json.dumps({"method": probe.method, "norm": float((probe.direction ** 2).sum() ** 0.5)}))
+
+
+
+@app.command()
+def verify(rev: Annotated[str, typer.Option(help="git revision holding the reference reports")] = "HEAD",
+           tol: Annotated[float, typer.Option(help="absolute tolerance per number")] = 1e-4) -> None:
+    """Check that the reports and metrics this checkout produced equal the committed ones to `tol`
+    (numbers compared numerically, everything else exactly). Run after `probebench run` on a
+    fresh clone; metrics/ablate (cells computed vs cached) legitimately differ and are skipped."""
+    from probebench.repro import verify as verify_files
+
+    listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "--", "reports", "metrics"],
+                             capture_output=True, text=True)
+    if listing.returncode != 0:
+        _fail(f"git ls-tree {rev} failed: {listing.stderr.strip()}")
+    paths = [p for p in listing.stdout.split() if p.endswith((".csv", ".json", ".yaml"))
+             and not p.startswith("metrics/ablate/")]
+    problems = verify_files(paths, rev=rev, tol=tol)
+    for path, diffs in problems.items():
+        err.print(f"[red]differs:[/] {path}: {'; '.join(diffs)}", highlight=False, soft_wrap=True)
+    if problems:
+        _fail(f"{len(problems)} of {len(paths)} report files differ from {rev} beyond {tol}")
+    out.print(f"verify: {len(paths)} report files equal {rev} to {tol}")
 
 
 if __name__ == "__main__":
