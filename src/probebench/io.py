@@ -4,6 +4,7 @@ inputs give the same bytes (no timestamps, no random key order, no safetensors m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -44,6 +45,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def dumps_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks (model weights can be large)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -14,13 +14,12 @@ mismatch is an error that names the fix (retrain with ``zoo.source: train``, or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from probebench.io import atomic_dir, atomic_write_text, dumps_json
+from probebench.io import atomic_dir, atomic_write_text, dumps_json, file_sha256
 
 MANIFEST = "manifest.json"
 
@@ -29,18 +28,10 @@ class PinnedError(ValueError):
     """A pinned artifact that is missing, altered, or was trained with other params."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dir_digests(folder: str | Path) -> dict[str, str]:
     """sha256 of every file below `folder`, keyed by relative POSIX path, sorted."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _canonical(obj: Any) -> Any:

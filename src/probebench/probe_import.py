@@ -41,7 +41,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -57,6 +56,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from probebench.checks import require_finite
+from probebench.io import file_sha256
 from probebench.probes import CARD_FILE, DIRECTION_FILE, Probe, ProbeImportError, fold_standardized, load_probe
 
 if TYPE_CHECKING:
@@ -465,16 +465,8 @@ def _normalize_digest(digest: Any, where: str) -> str:
     return s
 
 
-def _file_sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify_digest(p: Path, declared: list) -> str:
-    actual = _file_sha256(p)
+    actual = file_sha256(p)
     for exp in declared:
         exp_hex = _normalize_digest(exp, str(p))
         if exp_hex != actual:
