@@ -474,3 +474,16 @@ def test_show_on_a_truncated_parquet_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["show", "--cells", str(bad)])
     assert result.exit_code == 2 and "cannot be read" in result.output and "dvc checkout" in result.output
     assert "Traceback" not in result.output
+
+
+def test_show_says_how_many_bootstrap_resamples_its_ci_has(tmp_path):
+    from typer.testing import CliRunner
+
+    from probebench.cli import app
+
+    cells = tmp_path / "cells.parquet"
+    pd.DataFrame({"task": ["t", "t"], "source": ["a", "a"], "target": ["a", "b"], "pearson": [1.0, 0.5],
+                  "ci_low": [1.0, 0.2], "ci_high": [1.0, 0.7], "ci_level": [0.95, 0.95],
+                  "n_resamples": [10, 10]}).to_parquet(cells)
+    result = CliRunner().invoke(app, ["show", "--cells", str(cells)])
+    assert result.exit_code == 0 and "B = 10" in result.output

@@ -115,6 +115,9 @@ def show(cells: Annotated[Path, typer.Option(help="cells table written by the ma
     for task, sub in df.groupby("task", sort=True):
         targets = sorted(sub["target"].unique())
         ci = " [95% CI]" if lo in sub.columns else ""
+        if ci and "n_resamples" in sub.columns:  # a CI from few resamples is not one: say B
+            ci = f" [{sub['ci_level'].iloc[0] * 100:.0f}% CI, B = {int(sub['n_resamples'].iloc[0])}]" \
+                if "ci_level" in sub.columns else f" [95% CI, B = {int(sub['n_resamples'].iloc[0])}]"
         name = "pooled rho_CE (pearson)" if stat == "pearson" else stat
         table = Table(title=f"{task}: {name}{ci} (rows: source, columns: target)", show_lines=True)
         table.add_column("source")
