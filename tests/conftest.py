@@ -27,3 +27,12 @@ def tiny_model(family: str, *, d_model: int = 32, n_layers: int = 3, seed: int =
 @pytest.fixture(scope="session")
 def tiny_models():
     return {family: tiny_model(family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: tiny matmuls cost more in threads than they save on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

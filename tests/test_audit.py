@@ -22,12 +22,7 @@ from probebench.tasks import SyntheticTaskSpec, build_synthetic
 PROMPTS = build_synthetic(SyntheticTaskSpec("sentiment", "sentiment", n_train=40, n_test=30))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads cost more than they save on shared cores
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

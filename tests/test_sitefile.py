@@ -15,19 +15,12 @@ from typer.testing import CliRunner
 from probebench import leaderboard as lb
 from probebench import sitefile as sf
 from probebench.cli_leaderboard import app
+from tests.test_leaderboard import GOOD  # one valid entry, shared with the schema tests
 
 FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
 TS_FIXTURE = FIXTURES / "probebench-data.ts"
 YAML_FIXTURE = FIXTURES / "entries.yaml"
 
-GOOD = {
-    "probeId": "deception-llama-3-8b-l16",
-    "sourceModel": "meta-llama/Meta-Llama-3-8B",
-    "targetModel": "mistralai/Mistral-7B-v0.1",
-    "pearson_ce": 0.61,
-    "transfer_auroc": 0.83,
-    "notes": "rho_CE 0.61 [0.52, 0.69]",
-}
 
 # The single-quoted, unquoted/quoted-key row of the fixture, as Python values.
 SYCO = {
