@@ -244,11 +244,8 @@ def audit_summary(table: pd.DataFrame, *, cos_threshold: float = 0.7, ce_thresho
         if not ok_L.any():
             out[name] = {"n": 0, "n_nan": int(len(table)), "note": "no latent has this CE defined"}
             continue
+        # cosine_overstatement nulls the ratio, with the reason, where it is not meaningful
         s = cosine_overstatement(rho_L, cos_L, cos_threshold=cos_threshold, ce_threshold=ce_threshold)
-        if s["median_cos"] <= 0 or s["median_cos"] <= s["median_rho"]:
-            s["one_minus_median_ratio"] = None
-            s["one_minus_median_ratio_note"] = (
-                f"not meaningful: median cos {s['median_cos']:.3f} is <= 0 or <= median CE {s['median_rho']:.3f}")
         if ce is not None:
             s["median_rho_low"], s["median_rho_high"] = _median_ci(ce[name]["reps_SL"], ok_L, level)
         out[name] = s
