@@ -3,7 +3,9 @@ models; CE_j under the published KL protocol and our token-margin protocol, each
 and over firing inputs only, with bootstrap CIs; the cosine-vs-CE summary, a table and a scatter.
 
 A trained crosscoder is audited only if its controls pass: control (a) on the (base, base)
-crosscoder and the independent-vs-shared-init convergence recorded by crosscoder_train; else a
+crosscoder, control (b) (base vs a copy that mean-ablates a known subspace downstream of the
+layer, read through the same (base, base) crosscoder: only the latents reading that subspace may
+lose CE) and the independent-vs-shared-init convergence recorded by crosscoder_train; else a
 one-line error names the fix and nothing is written."""
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from probebench.audit import (
     identical_pair_control,
     latent_effects,
     load_pair,
+    planted_change_control,
     numeric_metrics,
     readout_activations,
     select_latents,
@@ -41,7 +44,8 @@ def controls(params: Params, train: dict, models, tokenizer, prompts, layers) ->
     p = params.crosscoder
     if train.get("source") != "trained":
         reason = "a loaded checkpoint: its training recipe cannot be rerun on (base, base) or from another init"
-        return {"identical_pair": {"run": 0, "reason": reason}, "convergence": {"run": 0, "reason": reason}}
+        return {"identical_pair": {"run": 0, "reason": reason}, "planted_change": {"run": 0, "reason": reason},
+                "convergence": {"run": 0, "reason": reason}}
     fix = (f"fix: raise crosscoder.steps (now {p.steps}) or add prompt sets to crosscoder.train_tasks (more tokens; "
            f"now {train.get('n_tokens')})")
     conv = train["convergence"]
@@ -64,7 +68,33 @@ def controls(params: Params, train: dict, models, tokenizer, prompts, layers) ->
             f"latents give min cosine {show('min_decoder_cosine')}, min CE (KL) {show('min_ce_kl')}, min CE (margin) "
             f"{show('min_ce_margin')}, need >= crosscoder.control_min {p.control_min}; the audit would measure its "
             f"own under-training; {fix}")
-    return {"identical_pair": {"run": 1, **record}, "convergence": {"run": 1, **conv}}
+    b = params.bootstrap
+    train_texts = pd.read_parquet(Path("data/prompts") / f"{p.audit_task}.parquet").query("split == 'train'")["text"]
+    planted = planted_change_control(cc_id, models[0], tokenizer, prompts, train_texts.tolist(), layer=layers[0],
+                                     threshold=p.ce_threshold, n_resamples=b.n_resamples, seed=b.seed, level=b.ci_level)
+    if not planted["passed"]:
+        raise AuditError(f"crosscoder control (b) failed: {planted_failure(planted, p)}")
+    return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "convergence": {"run": 1, **conv}}
+
+
+def planted_failure(rec: dict, p) -> str:
+    """One line: why control (b) failed, and the fix."""
+    if "reason" in rec:
+        return (f"{rec['reason']} (base {p.base}, (base, base) crosscoder); fix: more test prompts in "
+                f"crosscoder.audit_task ({p.audit_task}) or a larger crosscoder (crosscoder.n_latents)")
+    lost = [n for n in rec["readers"] if isinstance(rec["readers"][n], dict) and not rec["readers"][n]["passed"]]
+    kept = [n for n in rec["avoiders"] if isinstance(rec["avoiders"][n], dict) and not rec["avoiders"][n]["passed"]]
+    parts = []
+    if lost:
+        parts.append(f"the {rec['n_readers']} latents that read the planted subspace kept CE >= crosscoder.ce_threshold "
+                     f"{p.ce_threshold} ({', '.join(lost)}): CE does not see a planted change of mechanism")
+    if kept:
+        med = ", ".join(f"{n} {rec['avoiders'][n]['median']}" for n in kept)
+        parts.append(f"the {rec['n_avoiders']} latents that avoid it lost CE (median {med} < {p.ce_threshold}) after a "
+                     f"clean-pass change of mean KL {rec['clean_pass']['kl_mean']:.4f}: CE moves with the context, not "
+                     "the mechanism")
+    return ("; ".join(parts) + "; the audit's CE would not separate changed from unchanged mechanisms; fix: more test "
+            f"prompts in crosscoder.audit_task ({p.audit_task}) so CE rests on more inputs, or raise crosscoder.steps")
 
 
 def scatter(table: pd.DataFrame, p, path: Path) -> None:

@@ -20,8 +20,11 @@ from probebench.audit import (
     identical_pair_control,
     latent_effects,
     paired_activations,
+    clean_pass_change,
+    planted_change_control,
     planted_subspace_copy,
     readout_activations,
+    subspace_mean_ablated_copy,
 )
 from probebench.crosscoder import ReLUCrossCoder, train_crosscoder
 from probebench.tasks import SyntheticTaskSpec, build_synthetic
@@ -120,3 +123,62 @@ def test_planted_copy_rejects_bad_subspaces(base):
         planted_subspace_copy(model, layer=LAYER, from_KD=eye[:2], to_KD=eye[1:3])
     with pytest.raises(AuditError, match="block after"):
         planted_subspace_copy(model, layer=2, from_KD=eye[:2], to_KD=eye[2:4])
+
+
+def test_mean_ablated_copy_removes_edits_inside_S_and_keeps_the_layer(base):
+    model, tok = base
+    acts_ND = readout_activations([model], tok, TEST, layers=[LAYER])[:, 0]
+    D = acts_ND.shape[1]
+    S_KD = np.linalg.qr(np.random.default_rng(1).normal(size=(D, 2)))[0].T
+    # the mean of the readout activations themselves: projected onto S, every readout sits at it
+    twin = subspace_mean_ablated_copy(model, layer=LAYER, S_KD=S_KD, mean_D=acts_ND.mean(0))
+    np.testing.assert_allclose(readout_activations([twin], tok, TEST, layers=[LAYER])[:, 0], acts_ND, atol=1e-5)
+    cc = ReLUCrossCoder(d_model=D, n_latents=2)
+    other = np.random.default_rng(2).normal(size=D)
+    other -= S_KD.T @ (S_KD @ other)
+    scale = float(np.sqrt((acts_ND**2).sum(1).mean()))
+    with torch.no_grad():
+        cc.b_enc_F.fill_(1.0)  # every latent fires with f = 1
+        W = torch.tensor(np.stack([S_KD[0], other / np.linalg.norm(other)]) * 0.5 * scale, dtype=torch.float32)
+        cc.W_dec_FMD.copy_(torch.stack([W, W], dim=1))
+    eff = latent_effects(cc, [model, twin], tok, TEST, layers=[LAYER, LAYER], latents=[0, 1],
+                         readout_acts_NMD=np.stack([acts_ND, acts_ND], axis=1))
+    # inside S: no effect left in the copy (rounding only); outside: an effect of the same size
+    assert np.abs(eff["delta_MLN"][1, 0]).max() < 1e-3 * np.abs(eff["delta_MLN"][0, 0]).mean()
+    ratio = np.abs(eff["delta_MLN"][1, 1]).mean() / np.abs(eff["delta_MLN"][0, 1]).mean()
+    assert 0.5 < ratio < 2.0
+    change = clean_pass_change(model, twin, tok, TEST)
+    assert change["kl_mean"] > 0 and change["kl_max"] >= change["kl_median"] >= 0
+    same = clean_pass_change(model, model, tok, TEST)
+    assert same["kl_max"] == 0.0 and same["margin_pearson"] == pytest.approx(1.0) and same["margin_abs_change_sd"] == 0.0
+    with pytest.raises(AuditError, match="orthonormal"):
+        subspace_mean_ablated_copy(model, layer=LAYER, S_KD=2 * S_KD, mean_D=acts_ND.mean(0))
+    with pytest.raises(AuditError, match="block after"):
+        subspace_mean_ablated_copy(model, layer=2, S_KD=S_KD, mean_D=acts_ND.mean(0))
+
+
+def test_planted_change_control_readers_lose_and_avoiders_keep(base, identical_acts):
+    model, tok = base
+    cc, _ = train_crosscoder(identical_acts, n_latents=64, k=4, batch_size=128, lr=1e-2, seed=0, steps=60)
+    train_texts = PROMPTS.query("split == 'train'")["text"].tolist()
+    kw = dict(layer=LAYER, n_planted=1, min_planted_inputs=5, max_frequency=0.5, avoid_max_share=0.05,
+              n_resamples=20)
+    rec = planted_change_control(cc, model, tok, TEST, train_texts, threshold=0.5, **kw)
+    assert rec["n_readers"] >= 1 and rec["n_avoiders"] >= 1
+    assert rec["planted_latents"][0] in rec["readers"]["latents"]
+    # the planted latent lies in S: the copy has no effect left for it, so it loses CE under every definition
+    i = rec["readers"]["latents"].index(rec["planted_latents"][0])
+    assert rec["readers"]["effect_retained"][i] < 1e-3
+    for name in ("ce_kl", "ce_kl_firing", "ce_margin", "ce_margin_firing"):
+        assert rec["readers"][name]["values"][i] is None and rec["readers"][name]["n_lost"] >= 1
+        assert rec["avoiders"][name]["passed"] == (rec["avoiders"][name]["median"] >= 0.5)
+    assert rec["clean_pass"]["kl_mean"] >= 0
+    assert rec["passed"] == all(rec[g][n]["passed"] for g in ("readers", "avoiders")
+                                for n in ("ce_kl", "ce_kl_firing", "ce_margin", "ce_margin_firing"))
+    # deterministic: the same call gives the same record
+    assert planted_change_control(cc, model, tok, TEST, train_texts, threshold=0.5, **kw) == rec
+    # a threshold no avoider can reach fails the control
+    assert not planted_change_control(cc, model, tok, TEST, train_texts, threshold=1.01, **kw)["passed"]
+    # no latent in the frequency window: a record that fails and says why
+    none = planted_change_control(cc, model, tok, TEST, train_texts, **{**kw, "min_planted_inputs": 10**6})
+    assert not none["passed"] and "need 1" in none["reason"]
