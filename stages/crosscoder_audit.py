@@ -24,14 +24,13 @@ from probebench.audit import (
     audit_summary,
     audit_table,
     ce_statistics,
-    identical_pair_control,
     latent_effects,
     load_pair,
-    planted_change_control,
     numeric_metrics,
     readout_activations,
     select_latents,
 )
+from probebench.audit_controls import identical_pair_control, planted_change_control
 from probebench.crosscoder import load_crosscoder
 from probebench.io import atomic_write_text, read_json, write_figure, write_json
 from probebench.params import Params
@@ -70,8 +69,13 @@ def controls(params: Params, train: dict, models, tokenizer, prompts, layers) ->
             f"own under-training; {fix}")
     b = params.bootstrap
     train_texts = pd.read_parquet(Path("data/prompts") / f"{p.audit_task}.parquet").query("split == 'train'")["text"]
+    if p.planted_latents == 0:
+        planted = {"run": 0, "reason": "crosscoder.planted_latents is 0"}
+        return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "convergence": {"run": 1, **conv}}
     planted = planted_change_control(cc_id, models[0], tokenizer, prompts, train_texts.tolist(), layer=layers[0],
-                                     threshold=p.ce_threshold, n_resamples=b.n_resamples, seed=b.seed, level=b.ci_level)
+                                     threshold=p.ce_threshold, n_planted=p.planted_latents,
+                                     max_frequency=p.planted_max_frequency, n_resamples=b.n_resamples, seed=b.seed,
+                                     level=b.ci_level)
     if not planted["passed"]:
         raise AuditError(f"crosscoder control (b) failed: {planted_failure(planted, p)}")
     return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "convergence": {"run": 1, **conv}}

@@ -14,16 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from probebench.audit import (
-    AuditError,
-    ce_statistics,
-    identical_pair_control,
-    latent_effects,
-    paired_activations,
+from probebench.audit import AuditError, ce_statistics, latent_effects, paired_activations, readout_activations
+from probebench.audit_controls import (
     clean_pass_change,
+    identical_pair_control,
     planted_change_control,
     planted_subspace_copy,
-    readout_activations,
     subspace_mean_ablated_copy,
 )
 from probebench.crosscoder import ReLUCrossCoder, train_crosscoder

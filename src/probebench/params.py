@@ -320,7 +320,11 @@ class CrosscoderParams(_Strict):
     initialization level. Controls (trained crosscoders): a crosscoder trained the same way on
     (base, base) must give cosine and CE >= control_min on its control_latents most frequent
     latents, and trainings from independent and shared decoder inits must agree on the median
-    cosine of the selected latents within convergence_tolerance; else the audit refuses.
+    cosine of the selected latents within convergence_tolerance; and control (b): base vs a copy
+    that mean-ablates the decoder span of planted_latents rarely firing (on at most
+    planted_max_frequency of the inputs), effective latents downstream of the layer, read through
+    the (base, base) crosscoder: those latents must lose CE, the latents avoiding the span keep it
+    (0 planted latents: control (b) off, reported as not run); else the audit refuses.
     source: `pinned` (default) audits the committed, sha256-checked crosscoders under
     zoo/crosscoder (training is chaotic across CPUs, like the zoo's); `train` trains them here."""
     base: str
@@ -344,6 +348,8 @@ class CrosscoderParams(_Strict):
     control_latents: int = Field(16, ge=1)
     control_min: float = Field(0.99, ge=-1, le=1)
     convergence_tolerance: float = Field(0.05, ge=0, le=2)
+    planted_latents: int = Field(2, ge=0)
+    planted_max_frequency: float = Field(0.25, gt=0, le=1)
 
     @model_validator(mode="after")
     def _sizes_and_band(self):
@@ -460,7 +466,8 @@ class Params(_Strict):
     def crosscoder_training(self, fingerprints: dict[str, str]) -> dict:
         """What determines crosscoder_train's outputs (what the pinned crosscoders are checked
         against): the training params and the two models' fingerprints."""
-        audit_only = {"source", "checkpoint", "cos_threshold", "ce_threshold", "control_latents", "control_min"}
+        audit_only = {"source", "checkpoint", "cos_threshold", "ce_threshold", "control_latents", "control_min",
+                      "planted_latents", "planted_max_frequency"}
         return {"crosscoder": self.crosscoder.model_dump(mode="json", exclude=audit_only), "models": fingerprints}
 
     def model(self, slug: str) -> ModelParams:
