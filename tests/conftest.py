@@ -36,3 +36,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """The pipeline test's tiny project after one plain `dvc repro`, and the stages it ran
+    (read-only: tests that edit it work on a copy)."""
+    from tests.test_pipeline import new_project, repro
+
+    project = new_project(tmp_path_factory.mktemp("reference") / "project")
+    return project, repro(project, "repro")

@@ -46,7 +46,10 @@ def tiny_params() -> dict:
     params["ablate"]["n_random"] = 2
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
     params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=32, k=8, steps=300, batch_size=64, top_k=5,
-                                rel_norm_band=[0.0, 1.0], source="train")
+                                rel_norm_band=[0.0, 1.0], source="train",
+                                # 32 latents on 48 prompts: too few fire rarely for control (b), which the
+                                # default run (512 latents, 256 prompts) and tests/test_crosscoder_controls.py run
+                                planted_latents=0)
     return params
 
 
@@ -69,9 +72,9 @@ def metrics(project: Path, name: str) -> dict:
     return json.loads((project / "metrics" / name).read_text())
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = tmp_path_factory.mktemp("project")
+def new_project(project: Path) -> Path:
+    """A temporary copy of the project with the tiny params, before any stage has run."""
+    project.mkdir(parents=True, exist_ok=True)
     for item in ("dvc.yaml", "stages", "src", ".dvcignore", "data/imported"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, project / item)
@@ -81,7 +84,14 @@ def project(tmp_path_factory):
     (project / "zoo" / "manifest.json").write_text("{}")  # nothing pinned: the tiny zoo is trained
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
     (project / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n    no_scm = True\n")
-    ran = repro(project, "repro")
+    return project
+
+
+@pytest.fixture(scope="module")
+def project(reference_run, tmp_path_factory):
+    reference, ran = reference_run
+    project = tmp_path_factory.mktemp("edited") / "project"
+    shutil.copytree(reference, project, symlinks=True)
     return project, ran
 
 
@@ -93,6 +103,7 @@ def test_full_pipeline_runs_and_produces_valid_entries(project):
     assert audit["n_latents"] >= 1 and all(isinstance(v, (int, float)) for v in audit["ce_kl"].values())
     named = json.loads((project / "reports" / "crosscoder" / "summary.json").read_text())
     assert named["ce_kl"]["formulae"]["one_minus_median_ratio"] == "1 - median(rho_CE) / median(cos)"
+    assert named["controls"]["planted_change"] == {"run": 0, "reason": "crosscoder.planted_latents is 0"}
     assert (project / "reports" / "index.html").exists()
     cells = pd.read_parquet(project / "reports" / "cells.parquet")
     assert len(cells) == 2 * 4 * 4

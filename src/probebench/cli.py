@@ -2,6 +2,7 @@
 the matrices, and apply entries to the ProbeBench site.
 
     probebench run                       # dvc repro of the whole pipeline
+    probebench run --executor ray        # every stage a Ray task, joined through DVC's cache
     probebench check                     # validate params.yaml
     probebench show                      # the rho_CE matrices of the last run
     probebench probe import PATH --model M --task T --out DIR [--trust-pickle]
@@ -65,8 +66,24 @@ def check(params: Annotated[Path, typer.Argument(help="params file to validate")
 
 
 @app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run_pipeline(ctx: typer.Context) -> None:
-    """Run the whole pipeline (`dvc repro`, extra arguments are passed on) after checking params."""
+def run_pipeline(
+    ctx: typer.Context,
+    executor: Annotated[str, typer.Option(help="local: dvc repro here | ray: stages as Ray tasks | slurm: one "
+                                               "SLURM job per stage (submitit)")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="ray: the cluster to join (ray start --head prints it); "
+                                                        "default: start one on this machine")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="ray without --address: CPUs of the local cluster")] = None,
+    retries: Annotated[int, typer.Option(help="times a stage whose worker died is retried")] = 2,
+    cpus_per_stage: Annotated[Optional[float], typer.Option(help="CPUs each stage asks for (default: zoo.threads)")] = None,
+    scratch: Annotated[Optional[Path], typer.Option(help="where workers make scratch checkouts (shared storage on a "
+                                                         "cluster; default .probebench/scratch)")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="slurm: the partition to submit to")] = None,
+    time_min: Annotated[int, typer.Option(help="slurm: time limit per stage job, minutes")] = 240,
+    slurm_cluster: Annotated[Optional[str], typer.Option(help="slurm: submitit cluster (default: slurm when sbatch "
+                                                              "is on PATH; local runs jobs as local processes)")] = None,
+) -> None:
+    """Run the whole pipeline after checking params: `dvc repro` here (extra arguments are passed
+    on), or with `--executor ray|slurm` every stage on its own worker, joined through DVC's cache."""
     check(Path("params.yaml"))
     # Stage commands say `python ...`: put this interpreter's environment first on PATH so they
     # run with the packages probebench was installed with, activated venv or not.
@@ -77,6 +94,11 @@ def run_pipeline(ctx: typer.Context) -> None:
         _fail("dvc not found; install probebench with pip (dvc is a dependency)")
     if not Path(".git").exists():
         _fail("not a git checkout: DVC experiments need a git repo with at least one commit (git init && git commit)")
+    if executor != "local":
+        _run_distributed(executor, ctx.args, address=address, workers=workers, retries=retries,
+                         cpus_per_stage=cpus_per_stage, scratch=scratch, slurm_partition=partition,
+                         slurm_timeout_min=time_min, slurm_cluster=slurm_cluster)
+        return
     rc = subprocess.call([dvc, "repro", *ctx.args], env=env)
     if rc != 0:
         # DVC removed the failed stage's outputs before running it; dvc.lock still describes the
@@ -86,6 +108,33 @@ def run_pipeline(ctx: typer.Context) -> None:
                   "good outputs with `dvc checkout` and the reports and metrics with `git checkout -- reports metrics`",
                   highlight=False, soft_wrap=True)
     raise typer.Exit(rc)
+
+
+def _run_distributed(executor: str, extra: list[str], **options) -> None:
+    from rich.markup import escape
+
+    from probebench.executor import ExecutorError, run_distributed
+
+    if any(a.startswith("-") for a in extra):
+        _fail(f"--executor {executor} takes stage names as targets, not dvc repro options ({' '.join(extra)})")
+    if executor not in ("ray", "slurm"):
+        _fail(f"--executor {executor!r} unknown; use local, ray or slurm")
+    if executor == "slurm" and options["slurm_cluster"] is None and shutil.which("sbatch") is None:
+        _fail("--executor slurm: sbatch is not on PATH; run from a SLURM login node (or --slurm-cluster local "
+              "to run the jobs as local processes)")
+    try:
+        summary = run_distributed(".", executor=executor, targets=extra or None, console=err, **options)
+    except ExecutorError as exc:
+        _fail(escape(str(exc)))
+    if summary.failed:
+        for stage, reason in summary.failed.items():
+            err.print(f"[bold red]failed:[/] {stage}: {escape(reason)}", highlight=False, soft_wrap=True)
+        _fail(f"{len(summary.failed)} stage(s) failed; finished stages are in the run-cache, so the same command "
+              "resumes from them once the cause is fixed")
+    restored = "every stage restored from the run-cache" if not summary.final_ran else \
+        f"it had to run {', '.join(summary.final_ran)} (changed during the run?)"
+    out.print(f"{len(summary.outcomes)} stages done in {summary.wall_s:.0f} s; final dvc repro: {restored}",
+              highlight=False)
 
 
 @app.command()

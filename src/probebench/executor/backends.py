@@ -1,0 +1,107 @@
+"""The engines that place stages on workers: Ray (a laptop or a cluster) and SLURM (submitit).
+
+Both take the plan (stages in `dvc repro` order with their upstream stages and resources) and a
+`make_job(spec)`, call `board.update(...)` as stages finish, and return the outcomes by stage.
+Ray schedules the DAG itself: each stage is a task whose arguments are its upstream stages'
+result references, so a stage starts when its inputs are done, on a node that has its CPUs,
+GPUs and memory, and Ray retries it when its worker dies (`max_retries`). SLURM has no such
+references: the coordinator submits a stage once its upstream jobs have finished, one job per
+stage, and resubmits a failed one up to `retries` times.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from probebench.executor.plan import StageSpec
+from probebench.executor.worker import Job, StageKilled, StageOutcome, run_job
+
+MakeJob = Callable[[StageSpec], Job]
+
+
+def run_ray(plan: list[StageSpec], make_job: MakeJob, board, *, address: str | None, workers: int | None,
+            retries: int) -> dict[str, StageOutcome]:
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        remote = ray.remote(run_job)
+        refs: dict = {}
+        for spec in plan:   # dvc repro's order: every stage after its upstream stages
+            refs[spec.name] = remote.options(
+                name=spec.name, num_cpus=min(spec.cpus, cluster_cpus), num_gpus=spec.gpus,
+                memory=int(spec.mem_gb * 2**30), max_retries=retries, retry_exceptions=[StageKilled],
+            ).remote(make_job(spec), *(refs[u] for u in spec.upstream))
+        names = {ref: name for name, ref in refs.items()}
+        pending = list(refs.values())
+        outcomes: dict[str, StageOutcome] = {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in ready:
+                try:
+                    outcomes[names[ref]] = ray.get(ref)
+                    board.update(names[ref], "done", outcome=outcomes[names[ref]])
+                except Exception as exc:   # the stage's own error, or an upstream stage's
+                    board.update(names[ref], "failed", error=_ray_error(exc))
+            board.poll()
+        return outcomes
+    finally:
+        ray.shutdown()
+
+
+def _ray_error(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    return str(cause if cause is not None else exc).strip()
+
+
+def run_slurm(plan: list[StageSpec], make_job: MakeJob, board, *, folder: str, cluster: str | None,
+              retries: int, partition: str | None, timeout_min: int, max_running: int) -> dict[str, StageOutcome]:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    outcomes: dict[str, StageOutcome] = {}
+    failed: dict[str, str] = {}
+    running: dict = {}
+    tries: dict[str, int] = {}
+    while len(outcomes) + len(failed) < len(plan):
+        for spec in plan:
+            name = spec.name
+            if name in outcomes or name in failed or name in running:
+                continue
+            lost = [u for u in spec.upstream if u in failed]
+            if lost:
+                failed[name] = f"upstream stage {lost[0]} failed"
+                board.update(name, "failed", error=failed[name])
+            elif all(u in outcomes for u in spec.upstream) and len(running) < max_running:
+                executor.update_parameters(
+                    name=name, timeout_min=timeout_min, cpus_per_task=max(1, int(round(spec.cpus))),
+                    gpus_per_node=int(spec.gpus), mem_gb=spec.mem_gb, nodes=1, tasks_per_node=1,
+                    **({"slurm_partition": partition} if partition else {}))
+                running[name] = executor.submit(run_job, make_job(spec), *(outcomes[u] for u in spec.upstream))
+                tries[name] = tries.get(name, 0) + 1
+        for name, job in list(running.items()):
+            if not job.done():
+                continue
+            del running[name]
+            try:
+                outcomes[name] = job.result()
+                board.update(name, "done", outcome=outcomes[name])
+            except Exception as exc:   # FailedJobError (stage error), UncompletedJobError (killed, timed out)
+                if tries[name] <= retries and not _is_stage_error(exc):
+                    board.update(name, "pending", error=f"attempt {tries[name]} lost; resubmitted")
+                    continue
+                failed[name] = f"{exc}".strip()
+                board.update(name, "failed", error=failed[name])
+        board.poll()
+        time.sleep(0.5)
+    return outcomes
+
+
+def _is_stage_error(exc: BaseException) -> bool:
+    """A failing stage command fails again on a retry; a lost job (killed, preempted, timed out) may not."""
+    return "StageFailed" in f"{type(exc).__name__}: {exc}"
