@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from probebench.families import FAMILIES
 from probebench.tasks import GENERATORS, SyntheticTaskSpec
-from probebench.zoo import FAMILIES, ZooModelSpec
+
+if TYPE_CHECKING:
+    from probebench.zoo import ZooModelSpec
 
 
 class ParamsError(ValueError):
@@ -98,6 +101,8 @@ class ZooModelParams(_Strict):
         return v
 
     def spec(self) -> ZooModelSpec:
+        from probebench.zoo import ZooModelSpec   # torch and transformers: only when a spec is built
+
         return ZooModelSpec(**self.model_dump())
 
 

@@ -26,15 +26,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from probebench.families import FAMILIES, FAMILY_ADDS_BOS, FAMILY_TOKENIZER  # noqa: F401 (re-exported)
 from probebench.tasks import SyntheticTaskSpec, iter_synthetic, normalize_text, split_of
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-# Tokenizer styles of the real families: sentencepiece-like metaspace BPE with a BOS token
-# (Llama-2, Gemma) and GPT-2 style byte-level BPE without BOS (GPT-2, Qwen).
-FAMILY_TOKENIZER = {"llama": "metaspace", "gemma2": "metaspace", "qwen2": "bytelevel",
-                    "qwen3": "bytelevel", "gpt2": "bytelevel"}
-FAMILY_ADDS_BOS = {"llama": True, "gemma2": True, "qwen2": False, "qwen3": False, "gpt2": False}
-FAMILIES = tuple(FAMILY_TOKENIZER)
 
 # Instruction-format wrapper for the "IT" fine-tune (Gemma-2 base -> IT analogue).
 IT_PREFIX = "user : please answer . "
