@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from probebench.executor import run_distributed, stage_plan
+from probebench.executor import ExecutorError, StageSpec, run_distributed, stage_plan
+from probebench.executor.backends import ray_request
 from probebench.executor.plan import stage_resources
 from probebench.params import load_params
 from probebench.store import CellStore
@@ -145,9 +146,17 @@ def test_resources_follow_the_model_device_and_size(reference_run, tmp_path):
     assert stage_resources("ablate@gpt2-t", p, reference)["gpus"] == 1.0
     assert stage_resources("ablate@llama-t", p, reference)["gpus"] == 0.0
     assert stage_resources("matrix", p, reference) == {"cpus": 3.0, "gpus": 0.0, "mem_gb": 2.0, "models": ()}
-    weights = sum(f.stat().st_size for f in (reference / "data" / "zoo" / "gpt2-t").glob("*.safetensors")) / 2**30
-    assert stage_resources("extract@gpt2-t", p, reference)["mem_gb"] == round(2.0 + 3.0 * weights, 1)
+    weights = {m: sum(f.stat().st_size for f in (reference / "data" / "zoo" / m).glob("*.safetensors")) / 2**30
+               for m in ("gpt2-t", "llama-t")}
+    assert stage_resources("extract@gpt2-t", p, reference)["mem_gb"] == round(2.0 + weights["gpt2-t"], 1)  # on the GPU
+    assert stage_resources("extract@llama-t", p, reference)["mem_gb"] == round(2.0 + 3.0 * weights["llama-t"], 1)
     assert stage_resources("extract@gpt2-t", p, reference, cpus_per_stage=1)["cpus"] == 1.0
+    # a request no Ray node can meet would wait forever: capped (CPU, memory) or refused (GPU)
+    spec = StageSpec("ablate@gpt2-t", (), cpus=3, gpus=1, mem_gb=500)
+    with pytest.raises(ExecutorError, match="needs 1 GPU .* has 0; start the workers with GPUs"):
+        ray_request(spec, {"CPU": 2.0, "memory": 2**33})
+    assert ray_request(spec, {"CPU": 2.0, "GPU": 1.0, "memory": 2**33}) == {"num_cpus": 2.0, "num_gpus": 1,
+                                                                            "memory": 2**33}
 
 
 def _hammer(root: str, payload: float, rounds: int, out) -> None:

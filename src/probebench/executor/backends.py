@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from probebench.executor.plan import StageSpec
+from probebench.executor.plan import ExecutorError, StageSpec
 from probebench.executor.worker import Job, StageKilled, StageOutcome, run_job
 
 MakeJob = Callable[[StageSpec], Job]
@@ -29,14 +29,13 @@ def run_ray(plan: list[StageSpec], make_job: MakeJob, board, *, address: str | N
     else:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        cluster = ray.cluster_resources()
         remote = ray.remote(run_job)
         refs: dict = {}
         for spec in plan:   # dvc repro's order: every stage after its upstream stages
-            refs[spec.name] = remote.options(
-                name=spec.name, num_cpus=min(spec.cpus, cluster_cpus), num_gpus=spec.gpus,
-                memory=int(spec.mem_gb * 2**30), max_retries=retries, retry_exceptions=[StageKilled],
-            ).remote(make_job(spec), *(refs[u] for u in spec.upstream))
+            request = ray_request(spec, cluster)
+            refs[spec.name] = remote.options(name=spec.name, max_retries=retries, retry_exceptions=[StageKilled],
+                                             **request).remote(make_job(spec), *(refs[u] for u in spec.upstream))
         names = {ref: name for name, ref in refs.items()}
         pending = list(refs.values())
         outcomes: dict[str, StageOutcome] = {}
@@ -52,6 +51,22 @@ def run_ray(plan: list[StageSpec], make_job: MakeJob, board, *, address: str | N
         return outcomes
     finally:
         ray.shutdown()
+
+
+def ray_request(spec: StageSpec, cluster: dict) -> dict:
+    """Ray resources for a stage, fitted to the cluster: a request no node can meet would leave
+    the task pending forever, so CPUs and memory are capped at the cluster's and a GPU stage on a
+    cluster without GPUs is an error.
+
+    >>> ray_request(StageSpec("extract@m", (), cpus=4, gpus=0, mem_gb=2), {"CPU": 2.0, "memory": 8 * 2**30})
+    {'num_cpus': 2.0, 'num_gpus': 0, 'memory': 2147483648}
+    """
+    if spec.gpus > cluster.get("GPU", 0):
+        raise ExecutorError(f"stage {spec.name} needs {spec.gpus:g} GPU (a model on cuda) but the Ray cluster has "
+                            f"{cluster.get('GPU', 0):g}; start the workers with GPUs (ray start --num-gpus N) or set "
+                            "the model's device: cpu")
+    memory = min(int(spec.mem_gb * 2**30), int(cluster.get("memory", spec.mem_gb * 2**30)))
+    return {"num_cpus": min(spec.cpus, cluster.get("CPU", 1.0)), "num_gpus": spec.gpus, "memory": memory}
 
 
 def _ray_error(exc: BaseException) -> str:

@@ -66,14 +66,16 @@ def _weights_gb(root: Path, path: str) -> float:
 def stage_resources(name: str, params: Params, root: Path, cpus_per_stage: float | None = None) -> dict:
     """CPUs, GPUs and memory (GB) one stage asks its worker for.
 
-    Memory is three times the weights it loads (weights, activations, a second model in the
-    crosscoder stages) plus 2 GB for the interpreter and tables; a model is on a GPU when its
-    `device` is CUDA or it is spread with `device_map`."""
+    Host memory is 2 GB for the interpreter and tables plus the weights it loads: once (they pass
+    through host memory on their way to the GPU) when the models sit on a GPU, three times
+    (weights, activations, a second model in the crosscoder stages) when they run on the CPU. A
+    model is on a GPU when its `device` is CUDA or it is spread with `device_map`."""
     models = _stage_models(name, params)
     on_gpu = any(params.models[m].device.startswith("cuda") or params.models[m].device_map for m in models)
     weights = sum(_weights_gb(root, params.models[m].path) for m in models)
     cpus = float(cpus_per_stage if cpus_per_stage is not None else params.zoo.threads)
-    return {"cpus": cpus, "gpus": 1.0 if on_gpu else 0.0, "mem_gb": round(2.0 + 3.0 * weights, 1), "models": models}
+    mem_gb = round(2.0 + (1.0 if on_gpu else 3.0) * weights, 1)
+    return {"cpus": cpus, "gpus": 1.0 if on_gpu else 0.0, "mem_gb": mem_gb, "models": models}
 
 
 def stage_plan(root: str | Path = ".", cpus_per_stage: float | None = None,
