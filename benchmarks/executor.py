@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from probebench.executor.plan import command_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -38,9 +40,8 @@ def clone(dest: Path, tiny: bool) -> Path:
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
-    env = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(cwd / "src")}
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=command_env(cwd, str(BIN)), text=True, capture_output=True)
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}")

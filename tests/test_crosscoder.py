@@ -116,14 +116,7 @@ def variance_explained(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
     return 1.0 - sse / sst
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # tiny matmuls: thread hand-off costs more than it saves and is very slow when the
-    # 2 CPU cores are shared; restore the setting for the rest of the session
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")   # conftest: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

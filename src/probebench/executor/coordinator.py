@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from probebench.executor.plan import ExecutorError, StageSpec, in_repo, stage_plan
+from probebench.executor.plan import ExecutorError, StageSpec, command_env, in_repo, stage_plan
 from probebench.executor.worker import STORE, Job, StageOutcome, merge_lock, safe_name
 
 RUNS = Path(".probebench")   # scratch checkouts, logs and status of distributed runs (git- and dvc-ignored)
@@ -97,7 +97,7 @@ class Board:
             self.live.update(self.table())
 
 
-def summary_table(plan: list[StageSpec], outcomes: dict[str, StageOutcome], failed: dict[str, str]) -> Table:
+def summary_table(plan: list[StageSpec], outcomes: dict[str, StageOutcome]) -> Table:
     table = Table(title="stages", title_justify="left")
     for col, just in (("stage", "left"), ("node", "left"), ("attempts", "right"), ("wall s", "right"),
                       ("result", "left"), ("cells computed / cached", "right")):
@@ -129,7 +129,8 @@ def snapshot_tree(root: Path, dest: Path, outs: set[str]) -> None:
             files += [str(rel / f) for f in filenames]
     for rel in sorted(files):
         path = Path(rel)
-        if str(path) == ".dvc/config.local" or any(str(path) == o or str(path).startswith(o + "/") for o in outs):
+        if str(path) == ".dvc/config.local" or any(str(path) == o or str(path).startswith(o + "/")
+                                                   for o in (*outs, str(STORE))):
             continue
         if not (root / path).is_file():
             continue   # deleted in the worktree but still tracked
@@ -183,7 +184,7 @@ def run_distributed(root: str | Path = ".", *, executor: str = "ray", address: s
         else:
             raise ExecutorError(f"executor {executor!r} unknown; use ray or slurm (or no --executor: local dvc repro)")
         board.live = None
-    console.print(summary_table(plan, outcomes, board.failed))
+    console.print(summary_table(plan, outcomes))
     if board.failed:
         return RunSummary(outcomes, dict(board.failed), [], run_dir, time.monotonic() - start)
     locks = {name: outcomes[name].lock for name in outcomes}
@@ -197,10 +198,8 @@ def run_distributed(root: str | Path = ".", *, executor: str = "ray", address: s
 def final_repro(root: Path, bin_dir: str, log: Path, targets: list[str]) -> list[str]:
     """`dvc repro` in the project itself: restores every stage from the cache; returns the stage
     commands it had to run (none when the workers' results are all in the cache)."""
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-           **({"PYTHONPATH": str(root / "src")} if (root / "src" / "probebench").is_dir() else {})}
-    proc = subprocess.run([str(Path(bin_dir) / "dvc"), "repro", *targets], cwd=root, env=env, text=True,
-                          capture_output=True)
+    proc = subprocess.run([str(Path(bin_dir) / "dvc"), "repro", *targets], cwd=root, env=command_env(root, bin_dir),
+                          text=True, capture_output=True)
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise ExecutorError(f"the final dvc repro failed (exit {proc.returncode}); log: {log}\n"

@@ -45,6 +45,14 @@ def in_repo(root: str | Path):
         os.chdir(cwd)
 
 
+def command_env(root: Path, bin_dir: str) -> dict:
+    """The environment `dvc repro` runs stage commands with in `root`: this interpreter's bin
+    directory first on PATH (stage commands say `python ...`) and, in a checkout of this
+    project, its own src/ first on PYTHONPATH (the code DVC hashed, not an editable install's)."""
+    own_src = {"PYTHONPATH": str(root / "src")} if (root / "src" / "probebench").is_dir() else {}
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **own_src}
+
+
 def _stage_models(name: str, params: Params) -> tuple[str, ...]:
     """The models a stage loads: the foreach key for model-granular stages, the audited pair for
     the crosscoder stages, none for the fan-in stages (they read tables, not weights)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from probebench.executor.plan import ExecutorError, in_repo
+from probebench.executor.plan import ExecutorError, command_env, in_repo
 
 STORE = Path("data/store")   # the content-addressed cell store: shared by every worker, not a DVC output
 
@@ -56,11 +56,11 @@ class StageOutcome:
     ran: bool                          # False: restored from the run-cache, nothing computed
     log: str
     locks: dict = field(default_factory=dict)    # dvc.lock entries of this stage and all its ancestors
+    cells: dict | None = None          # ablate stages: cells computed / cached by the store
 
     @property
     def lock(self) -> dict:
         return self.locks[self.stage]
-    cells: dict | None = None          # ablate stages: cells computed / cached by the store
 
 
 class StageFailed(ExecutorError):
@@ -126,12 +126,8 @@ def _prepare_scratch(job: Job, attempt: int) -> Path:
     config = scratch / ".dvc" / "config.local"
     config.write_text("[core]\n    no_scm = true\n"
                       f"[cache]\n    dir = {job.cache_dir}\n    shared = group\n    type = \"reflink,copy\"\n")
-    (scratch / STORE).parent.mkdir(parents=True, exist_ok=True)
+    (scratch / STORE).parent.mkdir(parents=True, exist_ok=True)   # the snapshot never holds the store
     Path(job.store).mkdir(parents=True, exist_ok=True)
-    if (scratch / STORE).is_symlink() or (scratch / STORE).exists():
-        shutil.rmtree(scratch / STORE, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            (scratch / STORE).unlink()
     (scratch / STORE).symlink_to(job.store, target_is_directory=True)
     return scratch
 
@@ -184,8 +180,7 @@ def run_job(job: Job, *upstream: StageOutcome) -> StageOutcome:
     for outcome in upstream:   # every ancestor, not only the direct ones: a stage may read what its
         locks.update(outcome.locks)   # inputs were made from (the crosscoder stages load the models)
     checkout_upstream(scratch, locks)
-    env = {**os.environ, "PATH": job.bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1",
-           **({"PYTHONPATH": str(scratch / "src")} if (scratch / "src" / "probebench").is_dir() else {})}
+    env = {**command_env(scratch, job.bin_dir), "PYTHONUNBUFFERED": "1"}
     with open(log, "a") as fh:
         fh.write(f"=== {job.stage}: attempt {attempt} on {node} (pid {os.getpid()}), scratch {scratch}\n")
         fh.flush()
