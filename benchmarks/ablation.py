@@ -55,10 +55,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from probebench.ablate import AblationSpec, ablation_effects, direction_batch_size
-from probebench.extract import class_token_ids, encode_prompts
-from probebench.tasks import SyntheticTaskSpec, build_synthetic
-from probebench.zoo import ZooModelSpec, build_tokenizer, make_config
+from probebench.models.ablate import AblationSpec, ablation_effects, direction_batch_size
+from probebench.models.extract import class_token_ids, encode_prompts
+from probebench.prompts import SyntheticTaskSpec, build_synthetic
+from probebench.zoo.train import ZooModelSpec, build_tokenizer, make_config
 
 
 def log(msg: str) -> None:

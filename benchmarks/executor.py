@@ -32,7 +32,7 @@ def clone(dest: Path, tiny: bool) -> Path:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
     if tiny:
         sys.path.insert(0, str(ROOT))
-        from tests.test_pipeline import tiny_params
+        from tests.support.pipeline import tiny_params
 
         (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
         subprocess.run(["git", "commit", "-qam", "tiny params"], cwd=dest, check=True)

@@ -40,8 +40,8 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from probebench.tasks import SyntheticTaskSpec  # noqa: E402
-from probebench.zoo import ZooModelSpec, build_tokenizer  # noqa: E402
+from probebench.prompts import SyntheticTaskSpec  # noqa: E402
+from probebench.zoo.train import ZooModelSpec, build_tokenizer  # noqa: E402
 
 PUBLISHED = {"n_latents": 73728, "k": 100, "n_selected": 80, "n_inputs": 256}
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,

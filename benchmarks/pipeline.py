@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("dvc.yaml", "params.yaml", "stages", "src", ".dvcignore")
 
-# The tiny zoo of tests/test_pipeline.py (seconds per stage instead of minutes).
+# The tiny zoo of tests/pipeline/test_pipeline.py (seconds per stage instead of minutes).
 TINY_OVERRIDES = {
     "tasks": {"sentiment": {"kind": "sentiment", "n_train": 96, "n_test": 48},
               "consistency": {"kind": "consistency", "n_train": 96, "n_test": 48}},
@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
                          "removed first, so (i) is only 'from clean' on a clean copy")
     ap.add_argument("--source", type=Path, default=ROOT, help="project to copy into the temporary directory")
     ap.add_argument("--tiny", action="store_true",
-                    help="tiny zoo and prompt sets (tests/test_pipeline.py's TINY_OVERRIDES): a quick check")
+                    help="tiny zoo and prompt sets (tests/pipeline/test_pipeline.py's TINY_OVERRIDES): a quick check")
     ap.add_argument("--keep", action="store_true", help="keep the temporary project directory (path is printed)")
     ap.add_argument("--venv-bin", type=Path, default=Path(sys.executable).parent,
                     help="bin dir holding `dvc` and the `python` the stage commands run")
@@ -86,7 +86,7 @@ def copy_project(source: Path, dest: Path) -> None:
 
 
 def tiny_params(params: dict) -> dict:
-    """params.yaml with the tiny zoo. Unlike tests/test_pipeline.py it merges into `zoo` (keeping
+    """params.yaml with the tiny zoo. Unlike tests/pipeline/test_pipeline.py it merges into `zoo` (keeping
     zoo.corpus/positive/negative, params of the zoo stage), keeps a (tiny) `zoo.finetunes` entry
     (dvc.yaml's `finetune` stage loops over it; DVC refuses a missing foreach key) and points
     `crosscoder` (when present) at a tiny model, as DVC needs models.<base> and models.<chat>."""

@@ -1,22 +1,64 @@
 """DVC stage ablate@<target>: load the target once; for every task ablate (batched) its matched
 probe, every source's label-free transferred direction and the random null directions on the
-held-out prompts (probebench.directions says which and why), and write per-prompt margins and
+held-out prompts (probebench.transfer.plan says which and why), and write per-prompt margins and
 deltas plus the transfer diagnostics. Every direction's result is memoized in the cell store."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import console, load_task_inputs, progress_bar, run
+from _common import console, progress_bar, run
 
-from probebench.ablate import EFFECT_CODE_VERSION, AblationSpec, ablation_effects, effects_frame, split_directions
-from probebench.directions import PlanInputs, plan_target
-from probebench.io import read_json, write_json, write_parquet
-from probebench.models import load_model
-from probebench.params import Params
-from probebench.store import CellStore, cell_key
+from probebench.models.ablate import EFFECT_CODE_HASH, AblationSpec, ablation_effects, effects_frame, split_directions
+from probebench.transfer.plan import ModelActs, PlanInputs, plan_target
+from probebench.artifacts.io import read_json, read_tensors, write_json, write_parquet
+from probebench.models.load import load_model
+from probebench.params.schema import Params, ParamsError
+from probebench.probes.fit import load_probe, probe_direction
+from probebench.prompts import row_roles
+from probebench.artifacts.store import CellStore, cell_key
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What the ablate stage reads for one task: test prompts, split masks, every model's probe
+    direction and activations (readout + label-free map rows)."""
+
+    test_prompts: pd.DataFrame
+    test_set_hash: str
+    test_N: np.ndarray
+    y_N: np.ndarray
+    probe_rows_N: np.ndarray
+    directions: dict[str, np.ndarray]
+    acts: dict[str, ModelActs]
+    imported: dict[str, tuple[str, np.ndarray]]
+
+
+def load_task_inputs(params: Params, task: str) -> TaskInputs:
+    prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
+    roles = row_roles(prompts, salt=params.split.salt, map_fraction=params.transfer.map_fraction)
+    test_N, map_N, probe_rows_N = roles.test_N, roles.map_N, roles.probe_N
+    directions, acts = {}, {}
+    for m in params.models:
+        t = read_tensors(Path("data/extract") / m / f"{task}.safetensors")
+        probe = load_probe(Path("data/probes") / m / task / params.probe.method)
+        directions[m] = probe_direction(probe, params.probe.direction, t["acts_ND"][probe_rows_N].astype(np.float64))
+        acts[m] = ModelActs.from_extract(t, map_rows=params.transfer.map_rows, map_N=map_N)
+    imported = {}
+    for key, pr in params.probes.items():
+        if pr.task == task:
+            probe = load_probe(pr.path)
+            if probe.direction.shape[0] != acts[pr.model].acts_ND.shape[1]:
+                raise ParamsError(f"params.yaml: probes.{key}: {pr.path} has d_model {probe.direction.shape[0]} but "
+                                 f"model {pr.model} has {acts[pr.model].acts_ND.shape[1]}; import it for that model")
+            imported[key] = (pr.model, probe_direction(probe, params.probe.direction,
+                                                       acts[pr.model].acts_ND[probe_rows_N].astype(np.float64)))
+    return TaskInputs(prompts.loc[test_N].reset_index(drop=True),
+                      read_json(Path("data/prompts") / f"{task}.json")["test_set_hash"],
+                      test_N, prompts["label"].to_numpy(), probe_rows_N, directions, acts, imported)
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -39,7 +81,7 @@ def main(params: Params, argv: list[str]) -> None:
         transfers[task] = plan.transfers
         keys = [cell_key(direction=job.unit_D, target_fingerprint=t_meta["fingerprint"], prompt_set=ti.test_set_hash,
                          checkpoint={"layer": t_meta["layer"], "site": t_meta["site"]}, ablation=spec.to_dict(),
-                         mu=job.mu if spec.mode == "mean" else None, dtype=mp.dtype, effect_code=EFFECT_CODE_VERSION)
+                         mu=job.mu if spec.mode == "mean" else None, dtype=mp.dtype, effect_code=EFFECT_CODE_HASH)
                 for job in plan.jobs]
         results = {key: store.get(key) for key in keys}
         missing = [i for i, key in enumerate(keys) if results[key] is None]

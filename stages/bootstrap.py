@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 from _common import console, run
 
-from probebench.io import read_json, write_parquet
-from probebench.matrix import cell_table
-from probebench.params import Params
+from probebench.artifacts.io import read_json, write_parquet
+from probebench.cells import cell_table
+from probebench.params.schema import Params
 
 
 def main(params: Params, argv: list[str]) -> None:

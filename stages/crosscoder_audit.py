@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from _common import console, run
 
-from probebench.audit import (
+from probebench.crosscoder.audit import (
     AuditError,
     audit_summary,
     audit_table,
@@ -30,10 +30,10 @@ from probebench.audit import (
     readout_activations,
     select_latents,
 )
-from probebench.audit_controls import identical_pair_control, planted_change_control
+from probebench.crosscoder.controls import identical_pair_control, planted_change_control
 from probebench.crosscoder import load_crosscoder
-from probebench.io import atomic_write_text, read_json, write_figure, write_json
-from probebench.params import Params
+from probebench.artifacts.io import atomic_write_text, read_json, write_figure, write_json
+from probebench.params.schema import Params
 
 CC_DIR = Path("data/crosscoder")
 

@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 from _common import console, progress_bar, run
 
-from probebench.audit import load_pair, paired_activations, readout_activations, select_latents
+from probebench.crosscoder.audit import load_pair, paired_activations, readout_activations, select_latents
 from probebench.crosscoder import load_crosscoder, train_crosscoder
-from probebench.io import atomic_dir, atomic_write_bytes, read_json, write_json
-from probebench.pinned import read_manifest, verify
-from probebench.params import Params
+from probebench.artifacts.io import atomic_dir, atomic_write_bytes, read_json, write_json
+from probebench.artifacts.pinned import read_manifest, verify
+from probebench.params.schema import Params, ParamsError
 
 PINNED = Path("zoo")
 OUT = Path("data/crosscoder")
@@ -49,7 +49,7 @@ def materialize_pinned(params: Params, meta: dict) -> None:
 def main(params: Params, argv: list[str]) -> None:
     p = params.crosscoder
     if p is None:
-        raise ValueError("params.yaml: no crosscoder section; add one (see README) to run the audit")
+        raise ParamsError("params.yaml: no crosscoder section; add one (see docs/gemma-audit.md) to run the audit")
     meta = read_json(Path("data/extract") / p.base / "meta.json")
     layers = [meta["layer"], read_json(Path("data/extract") / p.chat / "meta.json")["layer"]]
     if p.checkpoint is None and p.source == "pinned":

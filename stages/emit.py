@@ -6,20 +6,20 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from _common import console, run
 
 import probebench
-from probebench.emit import build_entries, probe_id
-from probebench.environment import versions
-from probebench.io import atomic_write_text, dumps_json, read_json
-from probebench.params import Params
-from probebench.probes import load_probe
+from probebench.cells.schema import read_cells
+from probebench.leaderboard.entries import build_entries, probe_id
+from probebench.artifacts.environment import versions
+from probebench.artifacts.io import atomic_write_text, dumps_json, read_json
+from probebench.params.schema import Params
+from probebench.probes.fit import load_probe
 
 
 def main(params: Params, argv: list[str]) -> None:
-    cells = pd.read_parquet(Path("reports/cells.parquet"))
+    cells = read_cells(Path("reports/cells.parquet"))
     metas = {m: read_json(Path("data/extract") / m / "meta.json") for m in params.models}
     names = {m: params.display_name(m) for m in params.models}
     ids = {(task, s): probe_id(params.emit.probe_id_prefix, task, s, metas[s]["layer"], params.probe.method,

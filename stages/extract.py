@@ -9,18 +9,18 @@ from pathlib import Path
 import pandas as pd
 from _common import console, progress_bar, run
 
-from probebench.extract import extract
-from probebench.io import write_json, write_tensors
-from probebench.models import d_model, fingerprint, load_model, n_layers, resolve_layer
-from probebench.params import Params
-from probebench.tasks import map_mask
+from probebench.models.extract import extract
+from probebench.artifacts.io import write_json, write_tensors
+from probebench.models.load import d_model, fingerprint, load_model, n_layers, resolve_layer
+from probebench.params.schema import Params, ParamsError
+from probebench.prompts import row_roles
 
 
 def main(params: Params, argv: list[str]) -> None:
     (slug,) = argv
     mp = params.model(slug)
     if not Path(mp.path).exists():
-        raise ValueError(f"params.yaml: models.{slug}.path {mp.path!r} does not exist; build the zoo (dvc repro) "
+        raise ParamsError(f"params.yaml: models.{slug}.path {mp.path!r} does not exist; build the zoo (dvc repro) "
                          "or download the model to that directory")
     model, tokenizer = load_model(mp.path, device=mp.device, dtype=mp.dtype, device_map=mp.device_map)
     layer = resolve_layer(mp.layer, n_layers(model), where=f"params.yaml: models.{slug}.layer")
@@ -31,12 +31,13 @@ def main(params: Params, argv: list[str]) -> None:
     with progress_bar() as bar:
         for task in params.tasks:
             prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
+            roles = row_roles(prompts, salt=params.split.salt, map_fraction=params.transfer.map_fraction)
             job = bar.add_task(f"extract@{slug} {task}", total=len(prompts))
             out = extract(model, tokenizer, prompts, layer=layer, batch_size=params.extract.batch_size,
                           where=f"extract@{slug} task {task}", progress=lambda n: bar.update(job, completed=n),
-                          word_end_rows=map_mask(prompts, params.split.salt, params.transfer.map_fraction))
+                          word_end_rows=roles.map_N)
             write_tensors(out_dir / f"{task}.safetensors", out)
-            test = (prompts["split"] == "test").to_numpy()
+            test = roles.test_N
             acc = float(((out["margin_N"][test] > 0) == (prompts["label"].to_numpy()[test] == 1)).mean())
             accuracy[task] = round(acc, 4)
             meta["tasks"][task] = {"n": len(prompts), "heldout_accuracy": accuracy[task]}

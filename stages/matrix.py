@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 from _common import console, run
 
-from probebench.io import atomic_write_text, read_json, write_json, write_parquet
-from probebench.matrix import apply_rules, cosine_summary, heldout_check, matrices, matrix_metrics
-from probebench.params import Params
-from probebench.probes import load_probe
-from probebench.spread import headline
-from probebench.tasks import map_mask
+from probebench.artifacts.io import atomic_write_text, read_json, write_json, write_parquet
+from probebench.cells import apply_rules, cosine_summary, heldout_check, matrices, matrix_metrics, validate_cells
+from probebench.params.schema import Params, ParamsError
+from probebench.probes.fit import load_probe
+from probebench.cells.spread import headline
+from probebench.prompts import row_roles
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -25,14 +25,13 @@ def main(params: Params, argv: list[str]) -> None:
     if m.scored_run:
         for task, info in prompt_info.items():
             if info["n_test"] < m.min_n:
-                raise ValueError(f"params.yaml: tasks.{task} has N={info['n_test']} test prompts, fewer than "
+                raise ParamsError(f"params.yaml: tasks.{task} has N={info['n_test']} test prompts, fewer than "
                                  f"matrix.min_n={m.min_n} for a scored run; raise tasks.{task}.n_test or set "
                                  "matrix.scored_run: false to report it unscored")
     heldout = {}
     for task in params.tasks:
         prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
-        probe_rows = (prompts["split"] == "train").to_numpy() & ~map_mask(prompts, params.split.salt,
-                                                                           params.transfer.map_fraction)
+        probe_rows = row_roles(prompts, salt=params.split.salt, map_fraction=params.transfer.map_fraction).probe_N
         cards = {s: load_probe(Path("data/probes") / s / task / params.probe.method).card.get("train_hash", "")
                  for s in params.models}
         heldout[task] = heldout_check(prompts, probe_rows, cards)
@@ -42,6 +41,7 @@ def main(params: Params, argv: list[str]) -> None:
                         accuracy=accuracy)
     cells["test_set_hash"] = cells["task"].map({t: i["test_set_hash"] for t, i in prompt_info.items()})
     cells["normalization"] = normalization
+    cells = validate_cells(cells, source="matrix stage")  # the contract every reader relies on
     write_parquet(Path("reports/cells.parquet"), cells)
     atomic_write_text(Path("reports/cells.csv"), cells.to_csv(index=False, float_format="%.6g"))
     for task in params.tasks:

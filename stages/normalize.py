@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 from _common import console, run
 
-from probebench.io import write_json, write_parquet
-from probebench.matrix import normalize_effects
-from probebench.params import Params
+from probebench.artifacts.io import write_json, write_parquet
+from probebench.cells import normalize_effects
+from probebench.params.schema import Params
 
 
 def main(params: Params, argv: list[str]) -> None:

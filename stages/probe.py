@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 from _common import console, run
 
-from probebench.io import read_json, read_tensors, write_json
-from probebench.params import Params
-from probebench.probes import PROBE_METHODS, fit_probe, save_probe
+from probebench.artifacts.io import read_json, read_tensors, write_json
+from probebench.params.schema import Params
+from probebench.probes.fit import PROBE_METHODS, fit_probe, save_probe
 from probebench.stats import auroc
-from probebench.tasks import map_mask, train_hash
+from probebench.prompts import row_roles, train_hash
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -23,9 +23,9 @@ def main(params: Params, argv: list[str]) -> None:
     for task in params.tasks:
         prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
         acts_ND = read_tensors(Path("data/extract") / slug / f"{task}.safetensors")["acts_ND"]
-        test = (prompts["split"] == "test").to_numpy()
         # the rows held aside for the label-free map are never shown to a probe
-        train = ~test & ~map_mask(prompts, params.split.salt, params.transfer.map_fraction)
+        roles = row_roles(prompts, salt=params.split.salt, map_fraction=params.transfer.map_fraction)
+        test, train = roles.test_N, roles.probe_N
         y_N = prompts["label"].to_numpy()
         aurocs[task] = {}
         for method in PROBE_METHODS:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 from _common import console, run
 
-from probebench.io import write_json, write_parquet
-from probebench.params import Params
-from probebench.tasks import build_synthetic, near_duplicate_share, read_user_prompts, test_set_hash, train_hash
+from probebench.artifacts.io import write_json, write_parquet
+from probebench.params.schema import Params, ParamsError
+from probebench.prompts import build_synthetic, near_duplicate_share, read_user_prompts, test_set_hash, train_hash
 
 
 def main(params: Params, argv: list[str]) -> None:
     (name,) = argv
     if name not in params.tasks:
-        raise ValueError(f"params.yaml: tasks has no key {name!r}; known: {sorted(params.tasks)}")
+        raise ParamsError(f"params.yaml: tasks has no key {name!r}; known: {sorted(params.tasks)}")
     task = params.tasks[name]
     if task.kind is not None:
         df = build_synthetic(params.synthetic_spec(name))

@@ -1,6 +1,6 @@
 """DVC stage report: reports/index.html and its figures (reports/figures/<name>.svg, shown by the
 page, and reports/figures/png/<name>.png, shown by `dvc plots`). The page is built by
-probebench.report from the stage outputs; this shell reads them and writes the result atomically."""
+probebench.report.page from the stage outputs; this shell reads them and writes the result atomically."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 import pandas as pd
 from _common import console, run
 
-from probebench.io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json
-from probebench.params import Params
-from probebench.report import ReportInputs, build_report
+from probebench.artifacts.io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json
+from probebench.cells.schema import read_cells
+from probebench.errors import InputFileError
+from probebench.params.schema import Params
+from probebench.report.page import ReportInputs, build_report
 
 OUT = Path("reports")
 VERSIONS = ("probebench", "numpy", "pandas", "matplotlib", "torch", "transformers", "dvc")
@@ -26,7 +28,7 @@ def read_optional_json(path: Path) -> dict | None:
     try:
         return read_json(path)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); rerun the stage that writes it") from exc
+        raise InputFileError(f"{path}: not valid JSON ({exc}); rerun the stage that writes it") from exc
 
 
 def zoo_table(params: Params) -> pd.DataFrame:
@@ -74,7 +76,7 @@ def main(params: Params, argv: list[str]) -> None:
     effects_path = Path("data/effects.parquet")
     latents_path = OUT / "crosscoder" / "latents.csv"
     inputs = ReportInputs(
-        cells=pd.read_parquet(OUT / "cells.parquet"),
+        cells=read_cells(OUT / "cells.parquet"),
         effects=pd.read_parquet(effects_path) if effects_path.exists() else None,
         zoo=zoo_table(params),
         crosscoder_metrics={str(p): m for p in (Path("metrics/crosscoder.json"), Path("metrics/crosscoder_train.json"))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from _common import console, progress_bar, run
 
-from probebench.io import atomic_dir, write_json
-from probebench.params import Params
-from probebench.pinned import materialize, read_manifest
-from probebench.zoo import build_zoo_model
+from probebench.artifacts.io import atomic_dir, write_json
+from probebench.params.schema import Params
+from probebench.artifacts.pinned import materialize, read_manifest
+from probebench.zoo.train import build_zoo_model
 
 PINNED = Path("zoo")
 

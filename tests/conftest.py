@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from probebench.tasks import SyntheticTaskSpec
-from probebench.zoo import FAMILIES, ZooModelSpec, build_tokenizer, make_config
+from probebench.prompts import SyntheticTaskSpec
+from probebench.zoo.train import FAMILIES, ZooModelSpec, build_tokenizer, make_config
 
 TASKS = [SyntheticTaskSpec("sentiment", "sentiment"), SyntheticTaskSpec("consistency", "consistency")]
 VOCAB = {"llama": 140, "qwen2": 450, "qwen3": 360, "gemma2": 200, "gpt2": 320}
@@ -42,7 +42,7 @@ def single_thread():
 def reference_run(tmp_path_factory):
     """The pipeline test's tiny project after one plain `dvc repro`, and the stages it ran
     (read-only: tests that edit it work on a copy)."""
-    from tests.test_pipeline import new_project, repro
+    from tests.support.pipeline import new_project, repro
 
     project = new_project(tmp_path_factory.mktemp("reference") / "project")
     return project, repro(project, "repro")

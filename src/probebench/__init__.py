@@ -5,3 +5,7 @@ ablating a probe direction in a source model and its transferred counterpart in 
 """
 
 __version__ = "0.1.0"
+
+from probebench import _compat
+
+_compat.install()

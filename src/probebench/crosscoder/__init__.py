@@ -1,4 +1,4 @@
-"""Crosscoders for the base/IT audit (DESIGN §8): model, training, checkpoint loading, latent statistics.
+"""Crosscoders for the base/IT audit (docs/design.md §8): model, training, checkpoint loading, latent statistics.
 
 The audited claim ("median decoder cosine 0.965 vs median causal equivalence 0.616 on
 Gemma-2-2B base/IT") rests on a crosscoder trained jointly on the layer-13 residual stream

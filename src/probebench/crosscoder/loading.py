@@ -1,6 +1,6 @@
 """Crosscoder checkpoint loaders: every public layout into one in-memory representation.
 
-Layouts (DESIGN §8), picked by key names, `_orig_mod.` (torch.compile) prefixes stripped:
+Layouts (docs/design.md §8), picked by key names, `_orig_mod.` (torch.compile) prefixes stripped:
 
 - probebench's own `save` output: W_enc_MDF, b_enc_F, W_dec_FMD, b_dec_MD, input_scale_M
   (+ k, threshold for BatchTopK);

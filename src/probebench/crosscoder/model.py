@@ -32,12 +32,13 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save as _st_save_bytes
 
-from probebench.io import atomic_write_bytes
+from probebench.errors import ProbebenchError
+from probebench.artifacts.io import atomic_write_bytes
 
 __all__ = ["CrossCoder", "BatchTopKCrossCoder", "ReLUCrossCoder", "CrossCoderError"]
 
 
-class CrossCoderError(ValueError):
+class CrossCoderError(ProbebenchError):
     """Bad input to a crosscoder (shape, hyperparameter, unestimated threshold); one line, with the fix."""
 
 
@@ -163,13 +164,6 @@ class CrossCoder(nn.Module):
         """
         state = {name: t.detach().cpu().contiguous().clone() for name, t in self.state_dict().items()}
         atomic_write_bytes(path, _st_save_bytes(state))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "CrossCoder":
-        """Load any layout `load_crosscoder` understands (our own `save` output included)."""
-        from probebench.crosscoder.loading import load_crosscoder
-
-        return load_crosscoder(path).to(device)
 
     def _fill(self, *, W_enc_MDF, b_enc_F, W_dec_FMD, b_dec_MD, input_scale_M=None) -> "CrossCoder":
         with torch.no_grad():

@@ -4,7 +4,7 @@
 relative norms have moved away from their initialization: a crosscoder whose decoder
 halves all still have the norms they started with puts every latent in any band around
 0.5, so the band would say "shared" about the initialization, not about the models
-(DESIGN §8). Then the band is refused and latents are ranked by firing frequency alone,
+(docs/design.md §8). Then the band is refused and latents are ranked by firing frequency alone,
 and the selection record says so.
 
 Example:

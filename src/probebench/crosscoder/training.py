@@ -5,7 +5,7 @@ The decoder initialization is a choice the audit must be able to vary: with
 directions (cosine ~0 at step 0), with ``"shared"`` both halves start identical (cosine 1).
 An under-trained crosscoder remembers its initialization, so its decoder cosines say more
 about the init than about the models; two trainings that differ only in this choice and
-agree on the median cosine are evidence that training, not init, set it (DESIGN §8).
+agree on the median cosine are evidence that training, not init, set it (docs/design.md §8).
 
 Shape suffixes: B batch, M models, D d_model, F latents, N dataset rows.
 

@@ -1,5 +1,5 @@
 """Run the pipeline's stages on many workers (Ray, SLURM) and join the results through DVC's
-cache and run-cache: `probebench run --executor ray|slurm` (README, "Many models, many GPUs").
+cache and run-cache: `probebench run --executor ray|slurm` (docs/cluster.md).
 
     >>> from probebench.executor import run_distributed                 # doctest: +SKIP
     >>> summary = run_distributed(".", executor="ray", workers=2)         # doctest: +SKIP

@@ -57,7 +57,7 @@ class Board:
 
     def poll(self) -> None:
         """Stages whose worker has started (status files the workers write)."""
-        from probebench.io import read_json
+        from probebench.artifacts.io import read_json
 
         for spec in self.plan:
             path = self.run_dir / "status" / f"{safe_name(spec.name)}.json"

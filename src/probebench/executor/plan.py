@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probebench.params import Params, load_params
+from probebench.errors import ProbebenchError
+from probebench.params.schema import Params, load_params
 
 
-class ExecutorError(ValueError):
+class ExecutorError(ProbebenchError):
     """A distributed run that cannot go on: names the stage, its log and the fix."""
 
 

@@ -90,7 +90,7 @@ def _next_attempt(run_dir: Path, stage: str) -> int:
 
 
 def write_status(run_dir: Path, stage: str, **fields) -> None:
-    from probebench.io import write_json
+    from probebench.artifacts.io import write_json
 
     write_json(run_dir / "status" / f"{safe_name(stage)}.json", {"stage": stage, **fields})
 

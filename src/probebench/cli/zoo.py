@@ -1,0 +1,111 @@
+"""`probebench zoo pin`: pin the trained zoo (data/zoo/<model>) as the committed snapshot under
+zoo/ with its hashes, training params and metrics (zoo/manifest.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from probebench.errors import InputFileError, ProbebenchError
+
+app = typer.Typer(help="The embedded zoo.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def pin(models: Annotated[Optional[list[str]], typer.Argument(help="zoo models to pin (default: all)")] = None,
+        crosscoder: Annotated[bool, typer.Option("--crosscoder", help="pin the trained crosscoders instead "
+                                                 "(data/crosscoder, data/crosscoder_controls)")] = False,
+        params_file: Annotated[Path, typer.Option("--params", help="params file")] = Path("params.yaml")) -> None:
+    """Copy data/zoo/<model> (trained with zoo.source: train) to zoo/<model> and record its
+    sha256, training params and metrics in zoo/manifest.json; with --crosscoder, the same for the
+    crosscoders crosscoder_train trained (crosscoder.source: train). Commit zoo/ afterwards."""
+    import shutil
+    import tempfile
+
+    from probebench.artifacts.io import read_json
+    from probebench.params.schema import ParamsError, load_params
+    from probebench.artifacts.pinned import PinnedError, pin_dir, read_manifest, write_manifest
+
+    try:
+        params = load_params(params_file)
+        manifest = read_manifest("zoo")
+        if crosscoder:
+            p = params.crosscoder
+            train_metrics = read_json("metrics/crosscoder_train.json")
+            if p is None or train_metrics.get("source") != "trained":
+                raise PinnedError("metrics/crosscoder_train.json: no trained crosscoder to pin; run "
+                                  "dvc repro -S crosscoder.source=train crosscoder_train first")
+            fps = {m: read_json(Path("data/extract") / m / "meta.json")["fingerprint"] for m in dict.fromkeys((p.base, p.chat))}
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy(Path("data/crosscoder/crosscoder.safetensors"), Path(tmp) / "crosscoder.safetensors")
+                shutil.copytree(Path("data/crosscoder_controls"), Path(tmp) / "controls")
+                manifest["crosscoder"] = pin_dir(tmp, Path("zoo") / "crosscoder",
+                                                 params=params.crosscoder_training(fps), metrics=train_metrics)
+            write_manifest("zoo", manifest)
+            out.print("pinned the crosscoders -> zoo/crosscoder")
+            return
+        slugs = models or [*params.zoo.models, *params.zoo.finetunes]
+        for slug in slugs:
+            params.zoo_spec(slug)  # unknown slug -> one-line error
+            metrics_path = Path("metrics/zoo") / f"{slug}.json"
+            if not metrics_path.exists():
+                raise PinnedError(f"{metrics_path}: missing; train first: dvc repro -S zoo.source=train zoo finetune")
+            manifest[slug] = pin_dir(Path("data/zoo") / slug, Path("zoo") / slug,
+                                     params=params.zoo_training(slug), metrics=read_json(metrics_path))
+            out.print(f"pinned {slug} -> zoo/{slug} ({len(manifest[slug]['files'])} files)")
+        write_manifest("zoo", manifest)
+    except (ParamsError, PinnedError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def _exp_cells(name: str):
+    """reports/cells.csv of a DVC experiment (a git ref under refs/exps) or of the workspace (".")."""
+    import io
+    import subprocess
+
+    import pandas as pd
+
+    if name == ".":
+        return pd.read_csv("reports/cells.csv")
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], capture_output=True,
+                          text=True).stdout.split()
+    matches = [r for r in refs if r.rsplit("/", 1)[-1] == name] or [name]
+    shown = subprocess.run(["git", "show", f"{matches[0]}:reports/cells.csv"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise InputFileError(f"experiment {name!r}: no reports/cells.csv ({shown.stderr.strip()}); "
+                         "list experiments with `dvc exp show`")
+    return pd.read_csv(io.StringIO(shown.stdout))
+
+
+@app.command()
+def spread(experiments: Annotated[list[str], typer.Argument(help="DVC experiment names; '.' is the workspace run")],
+           out_dir: Annotated[Path, typer.Option("--out", help="where the table and figure go")] = Path("reports/seed_spread")) -> None:
+    """Across-seed spread of every off-diagonal rho_CE (and within-class, transferred, AUROC) and
+    of the headline numbers, from replicate zoos run as DVC experiments:
+
+        dvc exp run --queue -S zoo.source=train -S zoo.seed_offset=1 -n seed1   (and 2, 3)
+        dvc queue start -j 1 && dvc queue status
+        probebench zoo spread . seed1 seed2 seed3
+    """
+    from probebench.artifacts.io import atomic_write_text, write_figure
+    from probebench.cells.spread import seed_spread, spread_figure
+
+    try:
+        runs = {name: _exp_cells(name) for name in experiments}
+        per_cell, head = seed_spread(runs)
+    except ProbebenchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    atomic_write_text(out_dir / "cells.csv", per_cell.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(out_dir / "headline.csv", head.to_csv(index=False, float_format="%.4f"))
+    write_figure(out_dir / "rho.png", spread_figure(per_cell, list(runs)))
+    out.print(head.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    rho = per_cell[per_cell["stat"] == "pearson"]
+    out.print(f"rho_CE across {len(runs)} runs: median per-cell range {rho['range'].median():.3f}, "
+              f"max {rho['range'].max():.3f}; written to {out_dir}/")

@@ -1,0 +1,234 @@
+"""Matched semantic checkpoints and activation extraction.
+
+A checkpoint is (layer, site, position): `resid_post` of decoder block `layer` (HF
+`hidden_states[layer + 1]`, before the final norm for every block but the last), read at the
+token whose character span covers the prompt's anchor, so "the same position" is the same
+piece of text in every tokenizer, whatever the padding side or BOS.
+
+    >>> batch = encode_prompts(tok, ["the box is red . honest ?"], [25])  # doctest: +SKIP
+    >>> out = extract(model, tok, prompts_df, layer=0)                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import re
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from probebench.errors import ProbebenchError
+from probebench.models.load import block_output, decoder_blocks, hooks
+
+
+class CheckpointError(ProbebenchError):
+    """A position or token that cannot be matched; names the prompt and the fix."""
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Padded token ids with the readout position of every row (already shifted for padding)."""
+
+    ids_BP: torch.Tensor
+    mask_BP: torch.Tensor
+    readout_B: torch.Tensor
+
+    @property
+    def position_ids_BP(self) -> torch.Tensor:
+        # Derived from the mask so left padding does not shift learned absolute positions.
+        return (self.mask_BP.cumsum(-1) - 1).clamp(min=0)
+
+    def to(self, device) -> "PromptBatch":
+        return PromptBatch(self.ids_BP.to(device), self.mask_BP.to(device), self.readout_B.to(device))
+
+
+def anchor_token_index(offsets: Sequence[tuple[int, int]], special: Sequence[int], anchor: int, *, where: str) -> int:
+    """Index of the token that ends at or covers the anchor: the last token covering character
+    `anchor - 1` (byte-level tokenizers split a multi-byte character into several tokens with
+    the same span; the character is complete only at the last one). Special tokens (BOS, offset
+    (0, 0)) never match."""
+    covering, before = None, None
+    for i, ((start, end), is_special) in enumerate(zip(offsets, special)):
+        if is_special or end <= start:
+            continue
+        if start <= anchor - 1 < end:
+            covering = i
+        elif end <= anchor:
+            before = i  # the anchor falls in text no token covers (e.g. a stripped space)
+    if covering is not None:
+        return covering
+    if before is None:
+        raise CheckpointError(f"{where}: no token ends at or before anchor {anchor}; check the prompt's anchor")
+    return before
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], anchors: Sequence[int], *,
+                   padding_side: Literal["right", "left"] = "right", ids: Sequence[str] | None = None) -> PromptBatch:
+    """Tokenize each prompt (with the tokenizer's own special tokens), find the anchored token via
+    the fast tokenizer's offset mapping, and pad to a batch."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError("tokenizer is not a fast tokenizer: no offset mapping to match positions; "
+                              "use a tokenizer.json (fast) tokenizer")
+    rows, positions = [], []
+    for i, (text, anchor) in enumerate(zip(texts, anchors)):
+        where = f"prompt {ids[i] if ids is not None else i}"
+        if not 1 <= anchor <= len(text):
+            raise CheckpointError(f"{where}: anchor {anchor} is outside the text (length {len(text)}); "
+                                  "anchor is a character offset in 1..len(text)")
+        enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+        positions.append(anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], anchor, where=where))
+        rows.append(enc["input_ids"])
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids_BP = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask_BP = torch.zeros((len(rows), width), dtype=torch.long)
+    readout_B = torch.empty(len(rows), dtype=torch.long)
+    for b, (row, pos) in enumerate(zip(rows, positions)):
+        shift = width - len(row) if padding_side == "left" else 0
+        ids_BP[b, shift: shift + len(row)] = torch.tensor(row)
+        mask_BP[b, shift: shift + len(row)] = 1
+        readout_B[b] = pos + shift
+    return PromptBatch(ids_BP, mask_BP, readout_B)
+
+
+class ClassStringWarning(UserWarning):
+    """A class string this tokenizer splits into several tokens (only the first one is read)."""
+
+
+def class_token_ids(tokenizer: PreTrainedTokenizerBase, positive: str, negative: str, *, where: str = "") -> tuple[int, int]:
+    """First token of each class string in this tokenizer; they must differ, and each must be a
+    token the tokenizer knows that carries text: an unknown character maps to `<unk>` (or to
+    `▁` + `<unk>`, or to a byte piece of the character), and a margin read at such a token is
+    silently meaningless (issue 13: `" ☃"` gave "scored" entries at held-out accuracy 0.47). A
+    class string of several tokens is allowed with a ClassStringWarning: only its first token is
+    read."""
+    pos = tokenizer(positive, add_special_tokens=False)["input_ids"]
+    neg = tokenizer(negative, add_special_tokens=False)["input_ids"]
+    if not pos or not neg:
+        raise CheckpointError(f"{where}: empty class string {positive!r}/{negative!r}")
+    for text, ids in ((positive, pos), (negative, neg)):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        first = tokenizer.decode(ids[:1])
+        unknown = tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids
+        if unknown and ids[0] == tokenizer.unk_token_id:
+            problem = f"starts with the unknown token {tokenizer.unk_token!r}"
+        elif "\ufffd" in first and "\ufffd" not in text:
+            problem = "starts with a byte piece of a character, not a whole token"
+        elif not first.strip() and text.strip():
+            problem = "starts with a bare space token" + (f" and holds the unknown token {tokenizer.unk_token!r}"
+                                                          if unknown else "")
+        else:
+            if len(ids) > 1:
+                warnings.warn(f"{where}: class string {text!r} is {len(ids)} tokens {pieces} in this tokenizer; "
+                              f"only the first, {pieces[0]!r}, is read for the margin", ClassStringWarning, stacklevel=2)
+            continue
+        raise CheckpointError(f"{where}: class string {text!r} {problem} in this tokenizer (tokens {pieces}), so "
+                              "its margin would not read the class; choose a class string whose first token is one this "
+                              "tokenizer knows (try it with and without the leading space)")
+    if pos[0] == neg[0]:
+        raise CheckpointError(
+            f"{where}: class strings {positive!r} and {negative!r} share their first token "
+            f"{tokenizer.convert_ids_to_tokens(pos[0])!r} in this tokenizer, so the margin would be 0; "
+            "choose class strings whose first tokens differ (e.g. without a leading space)")
+    return pos[0], neg[0]
+
+
+def word_end_anchors(text: str, anchor: int) -> list[int]:
+    """Character offsets of the ends of the whitespace-separated words that end before the
+    readout anchor: positions every tokenizer can be matched at (the same piece of text), which
+    give the label-free map rows other than the readout itself.
+
+    >>> word_end_anchors("the box is red . honest ?", 25)
+    [3, 7, 10, 14, 16, 23]
+    """
+    return [m.end() for m in re.finditer(r"\S+", text) if m.end() < anchor]
+
+
+def word_end_tokens(tokenizer: PreTrainedTokenizerBase, text: str, anchor: int, *, where: str) -> list[int]:
+    """Token index (in the unpadded encoding) of each :func:`word_end_anchors` offset."""
+    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    return [anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], a, where=where)
+            for a in word_end_anchors(text, anchor)]
+
+
+def readout_logits(logits_BPV: torch.Tensor, readout_B: torch.Tensor) -> torch.Tensor:
+    return logits_BPV[torch.arange(logits_BPV.shape[0], device=logits_BPV.device), readout_B]
+
+
+def margin_stats(logits_BV: torch.Tensor, pos: int, neg: int) -> dict[str, torch.Tensor]:
+    """Token margin logit(pos) - logit(neg) plus the diagnostics logit(pos) and log p(pos)."""
+    logits_BV = logits_BV.float()
+    return {"margin": logits_BV[:, pos] - logits_BV[:, neg], "logit_pos": logits_BV[:, pos],
+            "logprob_pos": torch.log_softmax(logits_BV, dim=-1)[:, pos]}
+
+
+def check_finite(name: str, tensor: torch.Tensor, *, where: str) -> None:
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{where}: {bad} non-finite value(s) in {name} (NaN/inf); check the model dtype "
+                              "(bf16/fp16 overflow) or the weights")
+
+
+@torch.no_grad()
+def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *, layer: int,
+            batch_size: int = 64, where: str = "", progress: Callable[[int], None] | None = None,
+            word_end_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Residual stream after block `layer` at each prompt's readout token, and the clean margins.
+
+    Returns float32 `acts_ND` and float32 `margin_N`, `logit_pos_N`, `logprob_pos_N`, in the
+    order of `prompts` (one class-string pair per prompt set). With `word_end_rows` (a boolean
+    mask over prompts) also `wordend_acts_WD`, the residual at every :func:`word_end_anchors`
+    position of those prompts, with `wordend_row_W` (prompt row) and `wordend_char_W` (character
+    offset): rows in text order, hence the same rows in every model.
+    """
+    positive, negative = prompts["positive"].iloc[0], prompts["negative"].iloc[0]
+    if (prompts["positive"] != positive).any() or (prompts["negative"] != negative).any():
+        raise CheckpointError(f"{where}: one prompt set must use one positive/negative class-string pair")
+    pos, neg = class_token_ids(tokenizer, positive, negative, where=where)
+    block = decoder_blocks(model)[layer]
+    device = next(model.parameters()).device
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_module, _inputs, output):
+        captured["resid_BPD"] = block_output(output)
+
+    out: dict[str, list[np.ndarray]] = {"acts": [], "margin": [], "logit_pos": [], "logprob_pos": []}
+    texts, anchors, ids = prompts["text"].tolist(), prompts["anchor"].tolist(), prompts["id"].tolist()
+    wordend: dict[str, list] = {"acts": [], "row": [], "char": []}
+    with hooks([(block, capture)]):
+        for start in range(0, len(texts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl]).to(device)
+            logits_BPV = model(input_ids=batch.ids_BP, attention_mask=batch.mask_BP,
+                               position_ids=batch.position_ids_BP).logits
+            resid_BPD = captured.pop("resid_BPD")
+            acts_BD = readout_logits(resid_BPD, batch.readout_B).float()
+            if word_end_rows is not None:
+                for b, row in enumerate(range(start, min(start + batch_size, len(texts)))):
+                    if word_end_rows[row]:
+                        # right padding: unpadded token indices are the batch's indices
+                        tok = word_end_tokens(tokenizer, texts[row], anchors[row], where=f"{where} prompt {ids[row]}")
+                        wordend["acts"].append(resid_BPD[b, tok].float().cpu().numpy())
+                        wordend["row"].extend([row] * len(tok))
+                        wordend["char"].extend(word_end_anchors(texts[row], anchors[row]))
+            stats = margin_stats(readout_logits(logits_BPV, batch.readout_B), pos, neg)
+            check_finite("activations", acts_BD, where=where)
+            check_finite("logits", stats["margin"], where=where)
+            out["acts"].append(acts_BD.cpu().numpy())
+            for key in ("margin", "logit_pos", "logprob_pos"):
+                out[key].append(stats[key].cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(texts)))
+    result = {f"{k}_ND" if k == "acts" else f"{k}_N": np.concatenate(v).astype(np.float32) for k, v in out.items()}
+    if word_end_rows is not None:
+        d = result["acts_ND"].shape[1]
+        acts = np.concatenate(wordend["acts"]) if wordend["acts"] else np.zeros((0, d))
+        check_finite("word-end activations", torch.from_numpy(acts), where=where)
+        result.update(wordend_acts_WD=acts.astype(np.float32), wordend_row_W=np.asarray(wordend["row"], np.int64),
+                      wordend_char_W=np.asarray(wordend["char"], np.int64))
+    return result

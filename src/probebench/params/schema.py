@@ -1,0 +1,494 @@
+"""params.yaml, validated once at the edge into frozen pydantic models.
+
+Unknown or mistyped keys are an error naming the key (`zoo.models.llama-s.famly: unknown key`),
+never a silent default. The core never opens params.yaml; stage shells call `load_params`.
+
+    >>> p = Params.model_validate({"tasks": {"t": {"kind": "sentiment"}}})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from probebench.errors import ProbebenchError
+from probebench.params.devices import device_type
+from probebench.params.zoo import FAMILIES, ZooModelSpec
+from probebench.prompts import GENERATORS, SyntheticTaskSpec
+
+
+
+class ParamsError(ProbebenchError):
+    """Invalid params.yaml: one line naming the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_slug(slug: str, where: str) -> str:
+    # DVC splits param keys on dots, so a dotted slug would address the wrong key.
+    if "." in slug or "/" in slug or not slug:
+        raise ValueError(f"{where} key {slug!r} must be a slug without '.' or '/' (DVC splits param keys on dots); "
+                         "put a hub id in the model's hf_id instead")
+    return slug
+
+
+class SplitParams(_Strict):
+    """Train/test assignment by a salted hash of the normalized text (synthetic) or id (files)."""
+    salt: str = "probebench-v1"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    group_by: dict[str, str] = {}  # task kind -> template slot kept on one side (tasks.SLOTS)
+
+    @field_validator("group_by")
+    @classmethod
+    def _slots(cls, v: dict[str, str]) -> dict[str, str]:
+        from probebench.prompts import SLOTS
+
+        for kind, slot in v.items():
+            if slot not in SLOTS.get(kind, {}):
+                raise ValueError(f"task kind {kind!r} has no slot {slot!r}; slots: "
+                                 f"{ {k: sorted(x) for k, x in SLOTS.items()} }")
+        return v
+
+
+class TaskParams(_Strict):
+    """A prompt set: a synthetic `kind` or a user `file` (.jsonl/.csv/.parquet), not both."""
+    kind: str | None = None
+    file: str | None = None
+    n_train: int = Field(768, ge=1)
+    n_test: int = Field(256, ge=1)
+    seed: int = 0
+    positive: str = " yes"
+    negative: str = " no"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.kind is None) == (self.file is None):
+            raise ValueError("give exactly one of kind (a synthetic task) or file (your prompt file)")
+        if self.kind is not None and self.kind not in GENERATORS:
+            raise ValueError(f"kind {self.kind!r} unknown; use one of {sorted(GENERATORS)} or give a file")
+        if self.positive == self.negative:
+            raise ValueError("positive and negative class strings are identical")
+        return self
+
+
+class ZooModelParams(_Strict):
+    """One embedded model (see probebench.params.zoo.ZooModelSpec for every field)."""
+    family: str
+    d_model: int = Field(64, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int | None = None
+    d_mlp: int | None = None
+    vocab_size: int = Field(600, ge=64)
+    max_positions: int = 128
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    lm_weight: float = Field(0.2, ge=0)
+    seed: int = 0
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown architecture family {v!r}; use one of {list(FAMILIES)}")
+        return v
+
+    def spec(self) -> ZooModelSpec:
+        return ZooModelSpec(**self.model_dump())
+
+
+class FinetuneParams(_Strict):
+    """An "IT" variant: `base` (a zoo model) fine-tuned on an instruction-format mix."""
+    base: str
+    steps: int = Field(250, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lm_weight: float = Field(0.2, ge=0)
+    seed: int = 0
+    it_fraction: float = Field(0.5, ge=0, le=1)
+
+
+class ZooParams(_Strict):
+    """The embedded zoo. source: `pinned` (default) measures the committed, hash-checked weights
+    under zoo/ (training is chaotic across CPUs, so a retrained zoo is a different zoo); `train`
+    retrains every model here, with every seed offset by `seed_offset` (replicate zoos for the
+    training-seed spread)."""
+    source: Literal["pinned", "train"] = "pinned"
+    seed_offset: int = Field(0, ge=0)
+    threads: int = Field(2, ge=1)
+    corpus: tuple[str, ...] = ("sentiment", "consistency")
+    positive: str = " yes"
+    negative: str = " no"
+    models: dict[str, ZooModelParams] = {}
+    finetunes: dict[str, FinetuneParams] = {}
+
+    @model_validator(mode="after")
+    def _check(self):
+        for slug in self.models:
+            _check_slug(slug, "zoo.models")
+        for slug, ft in self.finetunes.items():
+            _check_slug(slug, "zoo.finetunes")
+            if slug in self.models:
+                raise ValueError(f"finetunes.{slug} also names a zoo model; use a different slug")
+            if ft.base not in self.models:
+                raise ValueError(f"finetunes.{slug}.base {ft.base!r} is not a zoo model; use one of {sorted(self.models)}")
+        for kind in self.corpus:
+            if kind not in GENERATORS:
+                raise ValueError(f"corpus kind {kind!r} unknown; use {sorted(GENERATORS)}")
+        return self
+
+
+class ModelParams(_Strict):
+    """A model in the transfer matrix. `path` is a local directory DVC can hash (a zoo output or
+    a downloaded snapshot). `name` is the leaderboard's display string ("Gemma-2-2B"; default:
+    `hf_id`, else the key), never a path. `basis`: the key of a model whose residual basis this
+    one shares (a fine-tune of it: same architecture and width), which makes the raw cosine of
+    the two models' native probes meaningful geometry."""
+    path: str
+    name: str | None = None
+    hf_id: str | None = None
+    layer: int | float = 0.5
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    device_map: str | None = None
+    basis: str | None = None
+
+    @field_validator("layer", mode="before")
+    @classmethod
+    def _layer(cls, v):
+        if isinstance(v, bool):  # YAML `true` would otherwise be read as block 1
+            raise ValueError(f"{v!r} is not a layer; use a block index or a depth in (0, 1]")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        # Parsed here so a typo ("gpu", "cuda:x") fails in `probebench check`, not after a model load;
+        # whether the device exists on this machine is `device_problem` (check and load_model ask it).
+        if device_type(v) is None:
+            raise ValueError(f"device {v!r} is not a torch device; use cpu, cuda, cuda:N or mps "
+                             "(device_map: auto spreads a large model over every GPU)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _display_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v.startswith(("/", "./", "../", "~")) or "data/" in v):
+            raise ValueError(f"name {v!r} looks like a path; use the display name the leaderboard shows "
+                             "(e.g. \"Gemma-2-2B\")")
+        return v
+
+
+class ExtractParams(_Strict):
+    batch_size: int = Field(64, ge=1)
+
+
+class ProbeParams(_Strict):
+    """method: which fitted probe is ablated and transferred (both are fitted and reported).
+    direction: the probe's `weights` (what a submitter means by its direction), or its activation
+    `pattern` Cov_train(h) w (Haufe et al. 2014), the direction that carries the class signal in
+    the activations; `inert_direction` flags weights that move nothing."""
+    method: Literal["logreg", "mean_diff"] = "mean_diff"
+    C: float = Field(1.0, gt=0)
+    direction: Literal["weights", "pattern"] = "weights"
+
+
+class TransferParams(_Strict):
+    """The label-free map that carries a source probe into a target (docs/design.md §2, Q2).
+
+    Fitted without labels on `map_fraction` of the train prompts, held aside from every probe:
+    `map_rows: word_ends` uses the residuals at the end of every word before the readout (the
+    same text in every tokenizer), `readout` the readout token only. `n_null` maps from a noise
+    source (Gaussian with the source's covariance) and as many from shuffled pairings form the
+    null distributions of transfer AUROC and cosine; `null_alpha` is the empirical p below which
+    the transfer beats them."""
+    method: Literal["score_ridge", "activation_ridge"] = "activation_ridge"
+    alpha: float | None = None
+    map_rows: Literal["word_ends", "readout"] = "word_ends"
+    map_fraction: float = Field(0.25, gt=0, lt=1)
+    n_null: int = Field(20, ge=0)
+    null_alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class AblateParams(_Strict):
+    """n_random: random unit directions ablated in every target, the null of rho_CE (0: off, for
+    large models)."""
+    mode: Literal["projection", "mean"] = "projection"
+    positions: Literal["all", "readout"] = "all"
+    layers: Literal["single", "from_layer"] = "single"
+    batch_size: int = Field(64, ge=1)
+    n_random: int = Field(8, ge=0)
+
+    @model_validator(mode="after")
+    def _mean_positions(self):
+        if self.mode == "mean" and self.positions == "all":
+            # mu is the readout-position mean of h.u; other positions have other means.
+            raise ValueError("mode: mean subtracts the readout-position mean, so it needs positions: readout; "
+                             "or use mode: projection")
+        return self
+
+
+class BootstrapParams(_Strict):
+    n_resamples: int = Field(1000, ge=10)
+    seed: int = 0
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    ci_method: Literal["percentile", "bca"] = "percentile"
+
+
+class NormalizeParams(_Strict):
+    """Which per-prompt effect feeds rho: the token margin (required for a scored entry), or the
+    naive diagnostics delta logit(pos) / delta log p(pos)."""
+    effect: Literal["token_margin", "logit_pos", "logprob_pos"] = "token_margin"
+
+
+class MatrixParams(_Strict):
+    """Flags and the scoring rule. scored_run: a task with fewer than min_n test prompts is an
+    error (set false to report such a run unscored). min_effect_sd: below this mean |effect| (in
+    clean-margin SDs) on either side a cell is flagged inert_direction (diagnostic only).
+    within_threshold: pooled rho_CE >= not_same_threshold whose within-class CI reaches below it
+    is flagged label_driven. overstatement_ce_threshold: the rho cut of the named statistic
+    "share with cosine > cosine_confound_threshold and rho_CE < this". min_resamples: fewer
+    bootstrap resamples make a cell unscored (a B = 10 "95% CI" is not one). min_heldout_accuracy:
+    a model whose held-out verdict accuracy on the task is below this (near chance: it does not
+    do the task) makes its cells unscored."""
+    not_same_threshold: float = Field(0.4, ge=-1, le=1, allow_inf_nan=False)
+    cosine_confound_threshold: float = Field(0.7, ge=-1, le=1, allow_inf_nan=False)
+    within_threshold: float = Field(0.2, ge=-1, le=1, allow_inf_nan=False)
+    overstatement_ce_threshold: float = Field(0.5, ge=-1, le=1, allow_inf_nan=False)
+    min_n: int = Field(200, ge=2)
+    min_sources: int = Field(3, ge=1)
+    min_resamples: int = Field(1000, ge=1)
+    min_heldout_accuracy: float = Field(0.6, ge=0, le=1, allow_inf_nan=False)
+    scored_run: bool = True
+    min_effect_sd: float = Field(0.05, ge=0, allow_inf_nan=False)
+
+
+class CrosscoderParams(_Strict):
+    """Crosscoder audit of a base/IT pair (keys of `models`, sharing a tokenizer).
+
+    checkpoint: a published crosscoder to load instead of training one (.pt/.safetensors or a
+    directory with cfg.json). n_latents/k/steps/batch_size/lr: BatchTopK training. train_tasks:
+    prompt sets whose train texts (every token) are the training data. audit_task: prompt set
+    whose test prompts are the M inputs. rel_norm_band/top_k: shared latents = relative decoder
+    norm inside the band, top_k by firing frequency; the band is refused (latents ranked by firing
+    alone) while the relative norms' 5-95% range is within min_rel_norm_spread of its
+    initialization level. Controls (trained crosscoders): a crosscoder trained the same way on
+    (base, base) must give cosine and CE >= control_min on its control_latents most frequent
+    latents, and trainings from independent and shared decoder inits must agree on the median
+    cosine of the selected latents within convergence_tolerance; and control (b): base vs a copy
+    that mean-ablates the decoder span of planted_latents rarely firing (on at most
+    planted_max_frequency of the inputs), effective latents downstream of the layer, read through
+    the (base, base) crosscoder: those latents must lose CE, the latents avoiding the span keep it
+    (0 planted latents: control (b) off, reported as not run); else the audit refuses.
+    source: `pinned` (default) audits the committed, sha256-checked crosscoders under
+    zoo/crosscoder (training is chaotic across CPUs, like the zoo's); `train` trains them here."""
+    base: str
+    chat: str
+    checkpoint: str | None = None
+    source: Literal["pinned", "train"] = "pinned"
+    n_latents: int = Field(512, ge=2)
+    k: int = Field(16, ge=1)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    train_tasks: tuple[str, ...] = ()
+    audit_task: str
+    rel_norm_band: tuple[float, float] = (0.3, 0.7)
+    top_k: int = Field(80, ge=1)
+    min_frequency: float = Field(0.0, ge=0, le=1)
+    cos_threshold: float = Field(0.7, ge=-1, le=1, allow_inf_nan=False)
+    ce_threshold: float = Field(0.5, ge=-1, le=1, allow_inf_nan=False)
+    min_rel_norm_spread: float = Field(0.05, ge=0, le=1)
+    control_latents: int = Field(16, ge=1)
+    control_min: float = Field(0.99, ge=-1, le=1)
+    convergence_tolerance: float = Field(0.05, ge=0, le=2)
+    planted_latents: int = Field(2, ge=0)
+    planted_max_frequency: float = Field(0.25, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _sizes_and_band(self):
+        # Checked here so `probebench check` refuses them before the crosscoder trains (minutes).
+        if self.k > self.n_latents:
+            raise ValueError(f"k={self.k} must be <= n_latents={self.n_latents} (BatchTopK keeps k latents of "
+                             "n_latents per input); lower k or raise n_latents")
+        lo, hi = self.rel_norm_band
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"rel_norm_band {[lo, hi]} must be [low, high] with 0 <= low < high <= 1 "
+                             "(relative decoder norms lie in [0, 1]); e.g. [0.3, 0.7]")
+        return self
+
+
+class ImportedProbeParams(_Strict):
+    """A probe imported with `probebench probe import` (a directory holding direction + card),
+    made a source of the matrix for `model` and `task`; its leaderboard probeId is the bundle's
+    `id` from the card."""
+    path: str
+    model: str
+    task: str
+
+
+class EmitParams(_Strict):
+    probe_id_prefix: str = "probebench"
+
+
+class Params(_Strict):
+    seed: int = 0
+    split: SplitParams = SplitParams()
+    tasks: dict[str, TaskParams]
+    zoo: ZooParams = ZooParams()
+    models: dict[str, ModelParams] = {}
+    extract: ExtractParams = ExtractParams()
+    probe: ProbeParams = ProbeParams()
+    transfer: TransferParams = TransferParams()
+    ablate: AblateParams = AblateParams()
+    normalize: NormalizeParams = NormalizeParams()
+    bootstrap: BootstrapParams = BootstrapParams()
+    matrix: MatrixParams = MatrixParams()
+    emit: EmitParams = EmitParams()
+    crosscoder: CrosscoderParams | None = None
+    probes: dict[str, ImportedProbeParams] = {}
+
+    @model_validator(mode="after")
+    def _check(self):
+        for slug in self.tasks:
+            _check_slug(slug, "tasks")
+        for slug, m in self.models.items():
+            _check_slug(slug, "models")
+            if m.basis is not None and (m.basis not in self.models or m.basis == slug):
+                raise ValueError(f"models.{slug}.basis {m.basis!r} must be another key of models: {sorted(self.models)}")
+        for slug, pr in self.probes.items():
+            _check_slug(slug, "probes")
+            if slug in self.models:
+                raise ValueError(f"probes.{slug} also names a model; use a different key")
+            if pr.model not in self.models:
+                raise ValueError(f"probes.{slug}.model {pr.model!r} is not a key of models: {sorted(self.models)}")
+            if pr.task not in self.tasks:
+                raise ValueError(f"probes.{slug}.task {pr.task!r} is not a key of tasks: {sorted(self.tasks)}")
+        if self.crosscoder is not None:
+            cc = self.crosscoder
+            for key in ("base", "chat"):
+                if getattr(cc, key) not in self.models:
+                    raise ValueError(f"crosscoder.{key} {getattr(cc, key)!r} is not a key of models: {sorted(self.models)}")
+            for task in (*cc.train_tasks, cc.audit_task):
+                if task not in self.tasks:
+                    raise ValueError(f"crosscoder task {task!r} is not a key of tasks: {sorted(self.tasks)}")
+        return self
+
+    def synthetic_spec(self, name: str) -> SyntheticTaskSpec:
+        t = self.tasks[name]
+        return SyntheticTaskSpec(name=name, kind=t.kind, n_train=t.n_train, n_test=t.n_test, positive=t.positive,
+                                 negative=t.negative, seed=t.seed, split_salt=self.split.salt,
+                                 test_fraction=self.split.test_fraction, group_by=self.split.group_by.get(t.kind))
+
+    def zoo_corpus(self) -> list[SyntheticTaskSpec]:
+        return [SyntheticTaskSpec(name=k, kind=k, positive=self.zoo.positive, negative=self.zoo.negative,
+                                  split_salt=self.split.salt, test_fraction=self.split.test_fraction,
+                                  group_by=self.split.group_by.get(k))
+                for k in self.zoo.corpus]
+
+    def zoo_spec(self, slug: str) -> ZooModelSpec:
+        """The spec of a zoo model or fine-tune (a fine-tune inherits its base's architecture)."""
+        offset = self.zoo.seed_offset
+        if slug in self.zoo.models:
+            spec = self.zoo.models[slug].spec()
+            return dataclasses.replace(spec, seed=spec.seed + offset)
+        if slug in self.zoo.finetunes:
+            ft = self.zoo.finetunes[slug]
+            spec = dataclasses.replace(self.zoo.models[ft.base].spec(), **ft.model_dump())
+            return dataclasses.replace(spec, seed=spec.seed + offset)
+        raise ParamsError(f"params.yaml: zoo has no model {slug!r}; known: "
+                          f"{sorted([*self.zoo.models, *self.zoo.finetunes])}")
+
+    def display_name(self, slug: str) -> str:
+        """The leaderboard string of a model: `name`, else `hf_id`, else its key."""
+        m = self.model(slug)
+        return m.name or m.hf_id or slug
+
+    def share_basis(self, a: str, b: str) -> bool:
+        """Whether models a and b share a residual basis (one declared as the other's `basis`,
+        or both of a third's)."""
+        root = {s: (self.models[s].basis or s) for s in (a, b)}
+        return root[a] == root[b]
+
+    def zoo_training(self, slug: str) -> dict:
+        """Everything that determines a zoo model's trained weights (what a pinned snapshot is
+        checked against)."""
+        return {"spec": dataclasses.asdict(self.zoo_spec(slug)), "corpus": list(self.zoo.corpus),
+                "positive": self.zoo.positive, "negative": self.zoo.negative, "split": self.split.model_dump(),
+                "base": (self.zoo_training(self.zoo.finetunes[slug].base) if slug in self.zoo.finetunes else None)}
+
+    def crosscoder_training(self, fingerprints: dict[str, str]) -> dict:
+        """What determines crosscoder_train's outputs (what the pinned crosscoders are checked
+        against): the training params and the two models' fingerprints."""
+        audit_only = {"source", "checkpoint", "cos_threshold", "ce_threshold", "control_latents", "control_min",
+                      "planted_latents", "planted_max_frequency"}
+        return {"crosscoder": self.crosscoder.model_dump(mode="json", exclude=audit_only), "models": fingerprints}
+
+    def model(self, slug: str) -> ModelParams:
+        if slug not in self.models:
+            raise ParamsError(f"unknown model key {slug!r}; params.yaml models has {sorted(self.models)}")
+        return self.models[slug]
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    if err["type"] == "extra_forbidden":
+        return f"{source}: {loc}: unknown key; remove it or fix its spelling"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {loc or '(top level)'}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "value_error" and not isinstance(err.get("input"), dict) else "")
+
+
+def parse_params(raw: dict, *, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_error(exc, source)) from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first on line {first_line}); YAML keeps only "
+                         "the last one, silently dropping the first: remove or rename one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently, so
+    a second `llama-s:` under models would replace the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` entries may legitimately be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, seen[key] + 1)
+                seen[key] = key_node.start_mark.line
+            except TypeError:
+                continue  # unhashable key: the base constructor reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root (where dvc.yaml is)") from None
+    except _DuplicateKey as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw, source=str(path))
