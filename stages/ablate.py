@@ -18,7 +18,7 @@ from probebench.artifacts.io import read_json, read_tensors, write_json, write_p
 from probebench.models.load import load_model
 from probebench.params.schema import Params, ParamsError
 from probebench.probes.fit import load_probe, probe_direction
-from probebench.prompts import row_roles
+from probebench.prompts import few_shot_prefix, row_roles
 from probebench.artifacts.store import CellStore, cell_key
 
 
@@ -35,6 +35,7 @@ class TaskInputs:
     directions: dict[str, np.ndarray]
     acts: dict[str, ModelActs]
     imported: dict[str, tuple[str, np.ndarray]]
+    probe_prompts: pd.DataFrame  # the probe rows (where a model's few-shot framing draws its examples)
 
 
 def load_task_inputs(params: Params, task: str) -> TaskInputs:
@@ -58,30 +59,37 @@ def load_task_inputs(params: Params, task: str) -> TaskInputs:
                                                        acts[pr.model].acts_ND[probe_rows_N].astype(np.float64)))
     return TaskInputs(prompts.loc[test_N].reset_index(drop=True),
                       read_json(Path("data/prompts") / f"{task}.json")["test_set_hash"],
-                      test_N, prompts["label"].to_numpy(), probe_rows_N, directions, acts, imported)
+                      test_N, prompts["label"].to_numpy(), probe_rows_N, directions, acts, imported,
+                      prompts.loc[probe_rows_N].reset_index(drop=True))
 
 
 def main(params: Params, argv: list[str]) -> None:
     (target,) = argv
     mp = params.model(target)
-    spec = AblationSpec(**params.ablate.model_dump(exclude={"batch_size", "n_random"}))
+    spec = AblationSpec(**params.ablate.model_dump(exclude={"batch_size", "n_random", "massive_factor"}))
     t_meta = read_json(Path("data/extract") / target / "meta.json")
     store = CellStore(Path("data/store") / target)
     out_dir = Path("data/ablate") / target
     model = tokenizer = None
     transfers: dict[str, dict] = {}
     computed = cached = 0
+    massive: dict[str, list[int]] = {}
     tr = params.transfer
     for task in params.tasks:
         ti = load_task_inputs(params, task)
         plan = plan_target(target, task, PlanInputs(
             models=tuple(params.models), directions=ti.directions, acts=ti.acts, test_N=ti.test_N, y_N=ti.y_N,
             share_basis=params.share_basis, method=tr.method, alpha=tr.alpha, n_null=tr.n_null,
-            n_random=params.ablate.n_random, seed=params.seed, mean_rows_N=ti.probe_rows_N, imported=ti.imported))
+            n_random=params.ablate.n_random, seed=params.seed, mean_rows_N=ti.probe_rows_N, imported=ti.imported,
+            massive_factor=params.ablate.massive_factor))
+        massive[task] = plan.massive_dims
         transfers[task] = plan.transfers
+        prefix = few_shot_prefix(ti.probe_prompts, np.ones(len(ti.probe_prompts), dtype=bool),
+                                 k=mp.framing.few_shot)
         keys = [cell_key(direction=job.unit_D, target_fingerprint=t_meta["fingerprint"], prompt_set=ti.test_set_hash,
                          checkpoint={"layer": t_meta["layer"], "site": t_meta["site"]}, ablation=spec.to_dict(),
-                         mu=job.mu if spec.mode == "mean" else None, dtype=mp.dtype, effect_code=EFFECT_CODE_HASH)
+                         mu=job.mu if spec.mode == "mean" else None, dtype=mp.dtype, effect_code=EFFECT_CODE_HASH,
+                         **({"framing": prefix} if prefix else {}))
                 for job in plan.jobs]
         results = {key: store.get(key) for key in keys}
         missing = [i for i, key in enumerate(keys) if results[key] is None]
@@ -96,7 +104,7 @@ def main(params: Params, argv: list[str]) -> None:
                                        dirs_KD=np.stack([plan.jobs[i].unit_D for i in missing]), spec=spec,
                                        mus_K=np.array([plan.jobs[i].mu for i in missing]),
                                        batch_size=params.ablate.batch_size, where=f"ablate@{target} task {task}",
-                                       progress=lambda n: bar.update(job, completed=n))
+                                       progress=lambda n: bar.update(job, completed=n), prefix=prefix)
             for i, entry in zip(missing, split_directions(out)):
                 store.put(keys[i], entry)
                 results[keys[i]] = entry
@@ -107,10 +115,14 @@ def main(params: Params, argv: list[str]) -> None:
         table.insert(0, "task", task)
         write_parquet(out_dir / f"{task}.parquet", table)
     write_json(out_dir / "transfers.json", transfers)
+    write_json(out_dir / "nulls.json", {task: {"massive_dims": dims, "massive_factor": params.ablate.massive_factor}
+                                        for task, dims in massive.items()})
     write_json(Path("metrics/ablate") / f"{target}.json",
                {"cells_computed": computed, "cells_cached": cached, "cells_corrupt_recomputed": len(store.corrupt)})
     console.print(f"ablate@{target}: {computed} directions computed, {cached} from the store"
-                  + (f", {len(store.corrupt)} corrupt entries recomputed" if store.corrupt else ""))
+                  + (f", {len(store.corrupt)} corrupt entries recomputed" if store.corrupt else "")
+                  + "".join(f"; {task}: random nulls orthogonal to massive dims {dims}" for task, dims in massive.items()
+                            if dims))
 
 
 if __name__ == "__main__":

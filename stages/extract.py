@@ -13,7 +13,8 @@ from probebench.models.extract import extract
 from probebench.artifacts.io import write_json, write_tensors
 from probebench.models.load import d_model, fingerprint, load_model, n_layers, resolve_layer
 from probebench.params.schema import Params, ParamsError
-from probebench.prompts import row_roles
+from probebench.prompts import few_shot_prefix, row_roles
+from probebench.stats import auroc, calibrated_accuracy
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -32,18 +33,27 @@ def main(params: Params, argv: list[str]) -> None:
         for task in params.tasks:
             prompts = pd.read_parquet(Path("data/prompts") / f"{task}.parquet")
             roles = row_roles(prompts, salt=params.split.salt, map_fraction=params.transfer.map_fraction)
+            prefix = few_shot_prefix(prompts, roles.probe_N, k=mp.framing.few_shot)
             job = bar.add_task(f"extract@{slug} {task}", total=len(prompts))
             out = extract(model, tokenizer, prompts, layer=layer, batch_size=params.extract.batch_size,
                           where=f"extract@{slug} task {task}", progress=lambda n: bar.update(job, completed=n),
-                          word_end_rows=roles.map_N)
+                          word_end_rows=roles.map_N, prefix=prefix)
             write_tensors(out_dir / f"{task}.safetensors", out)
-            test = roles.test_N
-            acc = float(((out["margin_N"][test] > 0) == (prompts["label"].to_numpy()[test] == 1)).mean())
-            accuracy[task] = round(acc, 4)
-            meta["tasks"][task] = {"n": len(prompts), "heldout_accuracy": accuracy[task]}
+            test, y_N, margin_N = roles.test_N, prompts["label"].to_numpy(), out["margin_N"]
+            # does the model do the task? the clean margin's held-out AUROC, and its accuracy at 0 and at
+            # a threshold calibrated on the probe rows (a base model's bias must not fail it)
+            cal_acc, cal_t = calibrated_accuracy(margin_N[roles.probe_N], y_N[roles.probe_N], margin_N[test], y_N[test])
+            gate = {"heldout_accuracy": round(float(((margin_N[test] > 0) == (y_N[test] == 1)).mean()), 4),
+                    "heldout_auroc": round(auroc(margin_N[test], y_N[test]), 4),
+                    "calibrated_accuracy": round(cal_acc, 4), "calibrated_threshold": round(cal_t, 4)}
+            accuracy[task] = gate
+            meta["tasks"][task] = {"n": len(prompts), **gate, "few_shot": mp.framing.few_shot,
+                                   "framing_prefix": prefix}
     write_json(out_dir / "meta.json", meta)
-    write_json(Path("metrics/extract") / f"{slug}.json", {"heldout_accuracy": accuracy, "layer": layer})
-    console.print(f"extract@{slug}: layer {layer}/{meta['n_layers']}, held-out accuracy {accuracy}")
+    write_json(Path("metrics/extract") / f"{slug}.json", {"gate": accuracy, "layer": layer})
+    console.print(f"extract@{slug}: layer {layer}/{meta['n_layers']}, "
+                  + "; ".join(f"{t}: accuracy {g['heldout_accuracy']} at 0, {g['calibrated_accuracy']} calibrated, "
+                              f"AUROC {g['heldout_auroc']}" for t, g in accuracy.items()))
 
 
 if __name__ == "__main__":

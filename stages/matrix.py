@@ -35,10 +35,10 @@ def main(params: Params, argv: list[str]) -> None:
         cards = {s: load_probe(Path("data/probes") / s / task / params.probe.method).card.get("train_hash", "")
                  for s in params.models}
         heldout[task] = heldout_check(prompts, probe_rows, cards)
-    accuracy = {(task, s): read_json(Path("data/extract") / s / "meta.json")["tasks"][task]["heldout_accuracy"]
-                for task in params.tasks for s in params.models}
+    gate = {(task, s): read_json(Path("data/extract") / s / "meta.json")["tasks"][task]
+            for task in params.tasks for s in params.models}
     cells = apply_rules(cells, m, normalization=normalization, null_alpha=params.transfer.null_alpha, heldout=heldout,
-                        accuracy=accuracy)
+                        gate=gate)
     cells["test_set_hash"] = cells["task"].map({t: i["test_set_hash"] for t, i in prompt_info.items()})
     cells["normalization"] = normalization
     cells = validate_cells(cells, source="matrix stage")  # the contract every reader relies on

@@ -436,6 +436,46 @@ def auroc(scores_N: ArrayLike, labels_N: ArrayLike) -> float:
     return float(roc_auc_score(labels.astype(np.int64), scores))
 
 
+def calibrated_accuracy(train_scores_N: ArrayLike, train_labels_N: ArrayLike, test_scores_N: ArrayLike,
+                        test_labels_N: ArrayLike) -> tuple[float, float]:
+    """Held-out accuracy of `score > t` with the threshold t that maximizes train accuracy (the
+    midpoint of the best gap; the lowest such midpoint on ties), and t. Judges whether a model
+    does a task without penalizing a constant bias: a base model that leans to " no" reads the
+    class well (high AUROC) yet fails a threshold of 0.
+
+    >>> calibrated_accuracy([-3.0, -2.5, -1.0, -0.5], [0, 0, 1, 1], [-2.8, -0.7], [0, 1])
+    (1.0, -1.75)
+    """
+    s = _as_1d(train_scores_N, "train_scores_N")
+    y = np.asarray(train_labels_N).astype(bool)
+    if y.shape != s.shape:
+        raise ValueError(f"train scores {s.shape} and labels {y.shape} must be paired 1-D arrays")
+    _require_finite(s, "train_scores_N")
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    # threshold below the i-th sorted score: the first i are predicted 0, the rest 1
+    correct_i = np.concatenate([[0], np.cumsum(~y_sorted)]) + np.concatenate([np.cumsum(y_sorted[::-1])[::-1], [0]])
+    distinct = np.concatenate([[True], s_sorted[1:] > s_sorted[:-1], [True]])  # cut only between distinct scores
+    best = int(np.flatnonzero(distinct & (correct_i == correct_i[distinct].max()))[0])
+    t = (-np.inf if best == 0 else np.inf if best == len(s) else float((s_sorted[best - 1] + s_sorted[best]) / 2))
+    test = _as_1d(test_scores_N, "test_scores_N")
+    return float(((test > t) == np.asarray(test_labels_N).astype(bool)).mean()), t
+
+
+def below(value: float, threshold: float) -> str:
+    """`value` with as many digits as it takes not to print it as the threshold it misses
+    (0.5977 against 0.6 is '0.598', never '0.60').
+
+    >>> below(0.5977, 0.6), below(0.59999, 0.6), below(0.41, 0.6)
+    ('0.598', '0.59999', '0.41')
+    """
+    for digits in range(2, 10):
+        text = f"{value:.{digits}f}".rstrip("0")
+        if (float(text) < threshold) == (value < threshold) and float(text) != threshold:
+            return text if not text.endswith(".") else text + "0"
+    return repr(value)
+
+
 # --------------------------------------------------------------------------------------
 # one cell
 # --------------------------------------------------------------------------------------

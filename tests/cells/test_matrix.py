@@ -74,10 +74,31 @@ def test_rules_flags_and_scoring():
     assert not leaked.scored.any() and leaked.unscored_reason.str.contains("train_hash").all()
     few_b = ruled(cells, min_resamples=1000)
     assert not few_b.scored.any() and few_b.unscored_reason.str.contains("B=300 bootstrap resamples < 1000").all()
-    chance = ruled(cells, accuracy={("t", "b"): 0.47, ("t", "a"): 0.97})
+    does = {"heldout_auroc": 0.99, "calibrated_accuracy": 0.97, "heldout_accuracy": 0.97}
+    chance = ruled(cells, gate={("t", "b"): {"heldout_auroc": 0.52, "calibrated_accuracy": 0.47,
+                                              "heldout_accuracy": 0.47}, ("t", "a"): does, ("t", "c"): does})
     involves_b = (chance.source == "b") | (chance.target == "b")
     assert not chance[involves_b].scored.any() and chance[~involves_b].scored.all()
-    assert chance[involves_b].unscored_reason.str.contains("b held-out verdict accuracy 0.47 < 0.6").all()
+    assert chance[involves_b].unscored_reason.str.contains("b does not do the task: clean-margin AUROC 0.52 < 0.6").all()
+    assert chance[involves_b].unscored_reason.str.contains("accuracy 0.47 < 0.6 at a threshold calibrated").all()
+    # a base model's bias: accuracy 0.598 at margin 0, but it reads the class (AUROC 0.915, 0.82 calibrated)
+    biased = ruled(cells, gate={("t", "b"): {"heldout_auroc": 0.915, "calibrated_accuracy": 0.82,
+                                              "heldout_accuracy": 0.598}, ("t", "a"): does, ("t", "c"): does})
+    assert biased.scored.all()
+
+
+def test_calibrated_accuracy_recovers_a_planted_threshold_and_ignores_a_bias():
+    from probebench.stats import calibrated_accuracy
+
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.random(400) < 0.5, rng.random(400) < 0.5
+    # every margin shifted by -3 (a model that leans to the negative class), classes 4 SDs apart
+    m_train, m_test = 4.0 * y_train - 5.0 + rng.normal(size=400), 4.0 * y_test - 5.0 + rng.normal(size=400)
+    acc, t = calibrated_accuracy(m_train, y_train, m_test, y_test)
+    assert abs(t - (-3.0)) < 0.5 and acc > 0.95
+    assert ((m_test > 0) == y_test).mean() < 0.7  # the threshold of 0 fails the same model
+    noise, _ = calibrated_accuracy(rng.normal(size=400), y_train, rng.normal(size=400), y_test)
+    assert noise < 0.6  # a model that does not read the class stays at chance
 
 
 def test_geometry_flags_need_a_cosine_above_its_null():

@@ -24,7 +24,9 @@ def test_mean_ablation_sets_component_to_mu_and_readout_only_touches_one_positio
     g = torch.Generator().manual_seed(1)
     resid = torch.randn(1, 2, 4, 8, generator=g, dtype=torch.float64)
     dirs = torch.nn.functional.normalize(torch.randn(1, 8, generator=g, dtype=torch.float64), dim=-1)
-    out = ablate_resid(resid, dirs, torch.tensor([0.7], dtype=torch.float64), torch.tensor([3, 1]))
+    only_BP = torch.zeros(2, 4, dtype=torch.bool)
+    only_BP[0, 3] = only_BP[1, 1] = True
+    out = ablate_resid(resid, dirs, torch.tensor([0.7], dtype=torch.float64), only_BP)
     comp = torch.einsum("kbpd,kd->kbp", out, dirs)
     assert torch.allclose(comp[0, 0, 3], torch.tensor(0.7, dtype=torch.float64))
     assert torch.allclose(comp[0, 1, 1], torch.tensor(0.7, dtype=torch.float64))
@@ -92,3 +94,22 @@ def test_readout_edit_matches_projection_at_readout_and_kl_is_nonnegative(tiny_m
         assert np.abs(out["ablated_margin_KN"][0] - ref["ablated_margin_KN"][0]).max() <= 1e-4, family
         assert (out["kl_KN"] >= 0).all() and np.abs(out["kl_KN"][1]).max() <= 1e-5 and out["kl_KN"][0].max() > 0
         assert np.abs(out["ablated_margin_KN"][1] - out["clean_margin_N"]).max() <= 1e-4
+
+
+def test_special_tokens_are_not_edited_unless_asked(tiny_models):
+    """BOS (the attention sink of real models) keeps its residual under an all-positions ablation;
+    with edit_special it is edited like every other token, and the effects differ."""
+    from probebench.models.ablate import edit_positions
+    from probebench.models.extract import encode_prompts
+
+    model, tok = tiny_models["llama"]  # the llama family adds a BOS token
+    batch = encode_prompts(tok, PROMPTS.text.tolist()[:4], PROMPTS.anchor.tolist()[:4])
+    assert batch.special_BP[:, 0].all()
+    keep = edit_positions(batch, AblationSpec())
+    assert not keep[:, 0].any() and keep[batch.mask_BP.bool() & ~batch.special_BP].all()
+    assert edit_positions(batch, AblationSpec(edit_special=True)) is None
+    u = np.random.default_rng(0).standard_normal((1, 32))
+    default = ablation_effects(model, tok, PROMPTS, layer=1, dirs_KD=u, spec=AblationSpec())
+    special = ablation_effects(model, tok, PROMPTS, layer=1, dirs_KD=u, spec=AblationSpec(edit_special=True))
+    assert not np.allclose(default["ablated_margin_KN"], special["ablated_margin_KN"])
+    np.testing.assert_array_equal(default["clean_margin_N"], special["clean_margin_N"])

@@ -111,3 +111,26 @@ def test_nan_logits_are_a_clear_error(tiny_models):
             extract(model, tok, prompts, layer=1)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("name", ["metaspace-80", "bytelevel-300"])
+def test_a_framing_prefix_keeps_the_readout_on_the_same_task_text(name):
+    tok = tokenizers_under_test()[name]
+    anchors = [len(t) for t in TEXTS]
+    plain = encode_prompts(tok, TEXTS, anchors)
+    framed = encode_prompts(tok, TEXTS, anchors, prefix="the food was great . verdict : yes\n")
+    for b in range(len(TEXTS)):
+        # the same token text at the readout, further right by the prefix's tokens
+        assert tok.decode(plain.ids_BP[b, plain.readout_B[b]]) == tok.decode(framed.ids_BP[b, framed.readout_B[b]])
+        assert framed.readout_B[b] > plain.readout_B[b]
+    assert plain.special_BP.sum() == framed.special_BP.sum()  # BOS (if any) once, the prefix adds none
+
+
+def test_a_prefix_that_swallows_the_readout_is_refused():
+    tok = tokenizers_under_test()["bytelevel-300"]
+    # no separator: the prefix's last word and the text's first fuse ("ood" is one token), so the
+    # readout at the text's first character is a token that starts in the prefix
+    assert "ood" in tok.convert_ids_to_tokens(tok("the food", add_special_tokens=False)["input_ids"])
+    with pytest.raises(CheckpointError, match="starts inside the prefix"):
+        encode_prompts(tok, ["od was great"], [1], prefix="the fo")
+    encode_prompts(tok, ["od was great"], [1], prefix="the fo\n")  # a separator keeps it in the text

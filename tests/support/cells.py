@@ -8,10 +8,10 @@ from probebench.cells import apply_rules, cell_table, normalize_effects
 from probebench.params.schema import MatrixParams
 
 
-def ruled(cells, heldout="", normalization="token_margin", accuracy=None, **kw):
+def ruled(cells, heldout="", normalization="token_margin", gate=None, **kw):
     kw.setdefault("min_resamples", 50)
     return apply_rules(cells, MatrixParams(**kw), normalization=normalization, null_alpha=0.05, heldout={"t": heldout},
-                       accuracy=accuracy)
+                       gate=gate)
 
 
 MODELS = ["a", "b", "c"]

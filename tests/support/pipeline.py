@@ -45,6 +45,7 @@ def tiny_params() -> dict:
                                 # default run (512 latents, 256 prompts) and
                                 # tests/crosscoder/test_crosscoder_controls.py run
                                 planted_latents=0)
+    params["imports"] = {}  # no pretrained model in the tiny pipeline (tests/weights covers it)
     return params
 
 

@@ -8,10 +8,11 @@ import pandas as pd
 from probebench.cells.schema import FLAGS
 from probebench.params.schema import MatrixParams
 from probebench.prompts import PromptSetError, check_no_leakage, train_hash
+from probebench.stats import below
 
 
 def apply_rules(cells: pd.DataFrame, rules: MatrixParams, *, normalization: str, null_alpha: float,
-                heldout: dict[str, str], accuracy: dict[tuple[str, str], float] | None = None) -> pd.DataFrame:
+                heldout: dict[str, str], gate: dict[tuple[str, str], dict] | None = None) -> pd.DataFrame:
     """Flags and `scored` with the reason when not (docs/design.md §2).
 
     * `not_same_mechanism`: rho_CE < not_same_threshold (or undefined);
@@ -24,9 +25,10 @@ def apply_rules(cells: pd.DataFrame, rules: MatrixParams, *, normalization: str,
     * `inert_direction`: mean |effect| below min_effect_sd clean-margin SDs on either side.
 
     `heldout[task]` is "" when the held-out check passed, else the reason it failed.
-    `accuracy[(task, model)]` is the model's held-out verdict accuracy (missing: not checked).
+    `gate[(task, model)]` says whether the model does the task: `heldout_auroc` (of the clean
+    margin) and `calibrated_accuracy` (at a threshold calibrated on train); missing: not checked.
     """
-    accuracy = accuracy or {}
+    gate = gate or {}
     out = cells.copy()
     rho = out["pearson"]
     off = ~out["diagonal"]
@@ -60,14 +62,34 @@ def apply_rules(cells: pd.DataFrame, rules: MatrixParams, *, normalization: str,
             why.append("constant effect (ablation changed nothing)")
         if row["n_resamples"] < rules.min_resamples:
             why.append(f"B={row['n_resamples']} bootstrap resamples < {rules.min_resamples}")
-        for m in dict.fromkeys((row["source"], row["target"])):
-            acc = accuracy.get((row["task"], m))
-            if acc is not None and acc < rules.min_heldout_accuracy:
-                why.append(f"{m} held-out verdict accuracy {acc:.2f} < {rules.min_heldout_accuracy} (near chance)")
+        for m in dict.fromkeys((row["source_model"], row["target"])):
+            why += gate_failures(gate.get((row["task"], m)), m, rules)
         reasons.append("; ".join(why))
     out["scored"] = [not r for r in reasons]
     out["unscored_reason"] = reasons
     return out
+
+
+def gate_failures(figures: dict | None, model: str, rules: MatrixParams) -> list[str]:
+    """Why `model` does not do the task (empty when it does): held-out AUROC of its clean margin
+    below `min_margin_auroc`, or its accuracy at a train-calibrated threshold below
+    `min_heldout_accuracy`. Values print with the digits that keep them below the threshold.
+
+    >>> gate_failures({"heldout_auroc": 0.505, "calibrated_accuracy": 0.5977}, "m", MatrixParams())
+    ['m does not do the task: clean-margin AUROC 0.51 < 0.6', 'm does not do the task: accuracy 0.598 < 0.6 at a threshold calibrated on train']
+    """
+    if figures is None:
+        return []
+    why = []
+    auroc_ = figures.get("heldout_auroc")
+    if auroc_ is not None and auroc_ < rules.min_margin_auroc:
+        why.append(f"{model} does not do the task: clean-margin AUROC {below(auroc_, rules.min_margin_auroc)} "
+                   f"< {rules.min_margin_auroc}")
+    acc = figures.get("calibrated_accuracy", figures.get("heldout_accuracy"))
+    if acc is not None and acc < rules.min_heldout_accuracy:
+        why.append(f"{model} does not do the task: accuracy {below(acc, rules.min_heldout_accuracy)} "
+                   f"< {rules.min_heldout_accuracy} at a threshold calibrated on train")
+    return why
 
 
 def heldout_check(prompts: pd.DataFrame, probe_rows_N: np.ndarray, train_hashes: dict[str, str]) -> str:

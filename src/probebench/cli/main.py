@@ -26,6 +26,7 @@ from rich.table import Table
 from probebench.errors import ProbebenchError
 
 from probebench.cli import leaderboard as cli_leaderboard
+from probebench.cli import model as cli_model
 from probebench.cli import zoo as cli_zoo
 
 app = typer.Typer(help="probebench: is this probe the same causal mechanism in another model?",
@@ -34,6 +35,7 @@ probe_app = typer.Typer(help="Probe artifacts.", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 app.add_typer(cli_leaderboard.app, name="leaderboard")
 app.add_typer(cli_zoo.app, name="zoo")
+app.add_typer(cli_model.app, name="model")
 err = Console(stderr=True)
 out = Console()
 

@@ -146,7 +146,7 @@ def clean_pass_change(model: PreTrainedModel, twin: PreTrainedModel, tokenizer: 
     """How much a planted copy changes the CLEAN forward pass at the readout token:
     KL(copy || model) of the next-token distribution (mean, median, max over inputs), the
     Pearson of the two clean margins, and the mean |margin change| in clean-margin SDs."""
-    from probebench.models.ablate import _readout_logits
+    from probebench.models.extract import readout_only_logits
     from probebench.models.extract import class_token_ids
     pos, neg = class_token_ids(tokenizer, prompts["positive"].iloc[0], prompts["negative"].iloc[0],
                                where="control (b) clean pass")
@@ -154,7 +154,7 @@ def clean_pass_change(model: PreTrainedModel, twin: PreTrainedModel, tokenizer: 
     for start in range(0, len(prompts), batch_size):
         rows = prompts.iloc[start: start + batch_size]
         batch = encode_prompts(tokenizer, rows["text"].tolist(), rows["anchor"].tolist())
-        lp = [torch.log_softmax(_readout_logits(m, batch.to(next(m.parameters()).device)).float().cpu(), dim=-1)
+        lp = [torch.log_softmax(readout_only_logits(m, batch.to(next(m.parameters()).device)).float().cpu(), dim=-1)
               for m in (model, twin)]
         kl.append((lp[1].exp() * (lp[1] - lp[0])).sum(-1).clamp(min=0.0))
         m0.append(lp[0][:, pos] - lp[0][:, neg])

