@@ -35,7 +35,7 @@ class TaskInputs:
     directions: dict[str, np.ndarray]
     acts: dict[str, ModelActs]
     imported: dict[str, tuple[str, np.ndarray]]
-    probe_prompts: pd.DataFrame  # the probe rows (where a model's few-shot framing draws its examples)
+    prompts: pd.DataFrame  # the whole prompt set (a model's few-shot framing draws from its probe rows)
 
 
 def load_task_inputs(params: Params, task: str) -> TaskInputs:
@@ -59,8 +59,7 @@ def load_task_inputs(params: Params, task: str) -> TaskInputs:
                                                        acts[pr.model].acts_ND[probe_rows_N].astype(np.float64)))
     return TaskInputs(prompts.loc[test_N].reset_index(drop=True),
                       read_json(Path("data/prompts") / f"{task}.json")["test_set_hash"],
-                      test_N, prompts["label"].to_numpy(), probe_rows_N, directions, acts, imported,
-                      prompts.loc[probe_rows_N].reset_index(drop=True))
+                      test_N, prompts["label"].to_numpy(), probe_rows_N, directions, acts, imported, prompts)
 
 
 def main(params: Params, argv: list[str]) -> None:
@@ -84,8 +83,7 @@ def main(params: Params, argv: list[str]) -> None:
             massive_factor=params.ablate.massive_factor))
         massive[task] = plan.massive_dims
         transfers[task] = plan.transfers
-        prefix = few_shot_prefix(ti.probe_prompts, np.ones(len(ti.probe_prompts), dtype=bool),
-                                 k=mp.framing.few_shot)
+        prefix = few_shot_prefix(ti.prompts, ti.probe_rows_N, k=mp.framing.few_shot)  # as extract framed it
         keys = [cell_key(direction=job.unit_D, target_fingerprint=t_meta["fingerprint"], prompt_set=ti.test_set_hash,
                          checkpoint={"layer": t_meta["layer"], "site": t_meta["site"]}, ablation=spec.to_dict(),
                          mu=job.mu if spec.mode == "mean" else None, dtype=mp.dtype, effect_code=EFFECT_CODE_HASH,

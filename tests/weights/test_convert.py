@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from probebench.weights.convert import ModelImportError, import_gguf, import_hf_snapshot, packaged_gguf
+from probebench.weights.convert import ModelImportError, import_gguf, import_hf_snapshot, import_model, packaged_gguf
 
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 has_gguf = importlib.util.find_spec("gguf") is not None
@@ -85,6 +85,12 @@ def test_a_snapshot_round_trips_with_a_card(tmp_path, tiny_models):
     assert card["d_model"] == model.config.hidden_size and card["source"]["kind"] == "hf_snapshot"
     assert json.loads((tmp_path / "out" / "probebench_model_card.json").read_text())["n_layers"] == card["n_layers"]
     refused(import_hf_snapshot, snap, tmp_path / "out", must=("already exists", "--force"), out=tmp_path / "nothing")
+    # one dispatch for the stage and the CLI: a directory is a snapshot, anything else a GGUF file
+    assert import_model(str(snap), tmp_path / "again", work_dir=tmp_path)["source"]["kind"] == "hf_snapshot"
+    refused(import_model, str(tmp_path / "x.gguf"), tmp_path / "out2", work_dir=tmp_path, must=("not found",),
+            out=tmp_path / "out2")
+    refused(import_model, str(tmp_path / "x.gguf"), tmp_path / "out2", work_dir=tmp_path, require_sha256=True,
+            must=("no sha256", "--sha256"), out=tmp_path / "out2")
 
 
 @pytest.fixture(scope="module")

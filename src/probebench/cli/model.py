@@ -34,17 +34,11 @@ def import_model(
 ) -> None:
     """Dequantize / re-save a model; refuses a sha256 mismatch, a truncated GGUF, an architecture
     transformers cannot load and a directory without a (fast) tokenizer, writing nothing."""
-    from probebench.weights.convert import import_gguf, import_hf_snapshot, packaged_gguf
+    from probebench.weights.convert import import_model
 
     try:
         with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent if out.parent.exists() else None) as work:
-            if source.startswith("package:"):
-                gguf, declared = packaged_gguf(source.removeprefix("package:"), Path(work))
-                card = import_gguf(gguf, out, sha256 or declared, dtype=dtype, overwrite=force)
-            elif Path(source).is_dir():
-                card = import_hf_snapshot(Path(source), out, dtype=dtype, overwrite=force)
-            else:
-                card = import_gguf(Path(source), out, sha256, dtype=dtype, overwrite=force)
+            card = import_model(source, out, work_dir=Path(work), sha256=sha256, dtype=dtype, overwrite=force)
     except ProbebenchError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)

