@@ -4,8 +4,13 @@ Layouts (docs/design.md §8), picked by key names, `_orig_mod.` (torch.compile) 
 
 - probebench's own `save` output: W_enc_MDF, b_enc_F, W_dec_FMD, b_dec_MD, input_scale_M
   (+ k, threshold for BatchTopK);
-- dictionary_learning BatchTopKCrossCoder: encoder.weight [M, D, F], encoder.bias [F],
-  decoder.weight [M, F, D], decoder.bias [M, D], k, threshold -> BatchTopKCrossCoder;
+- dictionary_learning CrossCoder / BatchTopKCrossCoder: encoder.weight [M, D, F], encoder.bias
+  [F], decoder.weight [M, F, D], decoder.bias [M, D]; with k, threshold -> BatchTopKCrossCoder,
+  without (the L1 CrossCoder) -> ReLUCrossCoder. Later saves add code_normalization_id and
+  target_rms, activation_mean, activation_std, activation_global_scale (NaN = unused; a
+  finite normalizer is folded into the weights). A hub folder is config.json (constructor
+  arguments, dict_class) + model.safetensors; a training folder's final save
+  (model_final.pt / ae_final.pt) is preferred over its checkpoint_*.pt;
 - W_enc [2, D, F], W_dec [F, 2, D], b_enc [F], b_dec [2, D] + cfg.json. With a `k` (cfg
   or weights) it is a BatchTopK crosscoder; without one it is the ReLU crosscoder trained
   with an L1 penalty (cfg: d_in, dict_size, dec_init_norm, l1_coeff, ...), which has no k
@@ -28,6 +33,8 @@ with one line naming file, key and fix.
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,16 @@ _DEFAULT_CONVENTION = {"scale_factors": "divide", "activation_scale_factors": "d
                        "normalisation_factor": "multiply"}
 _COMPILE_PREFIX = "_orig_mod."
 _DL_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias", "k", "threshold")
+_DL_WEIGHTS = _DL_KEYS[:4]
+_DL_TOPK = ("k", "threshold")
+# buffers of dictionary_learning's CrossCoder since May 2025 (code_normalization_id) and June
+# 2025 (NormalizableMixin: target_rms, activation_mean/std [M, D] NaN when unused, activation_global_scale [M])
+_DL_NORM = ("code_normalization_id", "target_rms", "activation_mean", "activation_std", "activation_global_scale")
+# dictionary_learning's CodeNormalization enum (auto() values)
+_CODE_NORMS = {1: "CROSSCODER", 2: "SAE", 3: "MIXED", 4: "NONE", 5: "DECOUPLED"}
+_DL_CLASSES = {"CrossCoder": "relu", "BatchTopKCrossCoder": "batchtopk"}
+# a training folder holds the final save among intermediate ones (checkpoint_*.pt, ae_<step>.pt)
+_FINAL_NAMES = ("model.safetensors", "model_final.pt", "ae_final.pt")
 _WDEC_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 _NATIVE_WEIGHTS = ("W_enc_MDF", "b_enc_F", "W_dec_FMD", "b_dec_MD", "input_scale_M")
 _NATIVE_TOPK = ("k", "threshold")
@@ -159,32 +176,156 @@ def _build(*, source: str, enc_key: str, W_enc_MDF: torch.Tensor, b_enc_F: torch
 
 
 # ---------------------------------------------------------------------- one loader per layout
-def load_dictionary_learning_state(state: dict[str, torch.Tensor], *, source: str = "<state dict>",
-                                   d_model: int | None = None, n_models: int = 2, strict: bool = True) -> CrossCoder:
-    """dictionary_learning BatchTopKCrossCoder state dict -> BatchTopKCrossCoder.
+def _dl_code_norm(state: dict[str, Any], cfg: dict[str, Any], *, source: str) -> str | None:
+    """CodeNormalization name from the `code_normalization_id` buffer (or config.json), None if absent."""
+    if "code_normalization_id" in state:
+        value = _scalar(state["code_normalization_id"], source=source, key="code_normalization_id")
+        if value != int(value) or int(value) not in _CODE_NORMS:
+            raise CrossCoderLoadError(
+                f"{source}: key 'code_normalization_id' = {value:g} is not a known dictionary_learning CodeNormalization "
+                f"{_CODE_NORMS}; fix: re-save with a dictionary_learning version whose ids these are "
+                "(1 = CROSSCODER for BatchTopK)"
+            )
+        return _CODE_NORMS[int(value)]
+    name = cfg.get("code_normalization")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name.upper() not in _CODE_NORMS.values():
+        raise CrossCoderLoadError(
+            f"{source} (config.json): key 'code_normalization' = {name!r} is not one of {sorted(_CODE_NORMS.values())}; "
+            "fix: use the config.json saved with these weights"
+        )
+    return name.upper()
 
-    The layout carries no activation scale, so input_scale_M = 1 (set it afterwards if the
-    crosscoder was trained on rescaled activations).
+
+def _dl_normalizer(state: dict[str, Any], *, source: str, M: int, D: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean_MD, scale_M) of NormalizableMixin, or None when it is off (NaN mean/std, as saved when unused).
+
+    dictionary_learning (keep_relative_variance=True, the only mode its crosscoders construct):
+    encode sees (x - mean) * g[m]; decode returns x_hat / (g[m] + 1e-8) + mean, with
+    g = activation_global_scale = target_rms / sqrt(sum_d std^2 + 1e-8).
+    """
+    present = [key for key in ("activation_mean", "activation_std") if key in state]
+    if not present:
+        if "activation_global_scale" in state:
+            g = _as_tensor(state["activation_global_scale"], source=source, key="activation_global_scale").double()
+            if not bool((torch.isnan(g) | (g == 1.0)).all()):
+                raise CrossCoderLoadError(
+                    f"{source}: key 'activation_global_scale' = {g.flatten().tolist()} without activation_mean/activation_std; "
+                    "fix: save the full state_dict (all NormalizableMixin buffers)"
+                )
+        return None
+    t = {key: _as_tensor(state[key], source=source, key=key).double() for key in present}
+    if all(bool(torch.isnan(v).all()) for v in t.values()):
+        return None  # NaN buffers = no normalizer (how dictionary_learning saves "unused")
+    if len(present) != 2:
+        missing = ({"activation_mean", "activation_std"} - set(present)).pop()
+        raise CrossCoderLoadError(
+            f"{source}: key {present[0]!r} holds a normalizer but {missing!r} is missing; "
+            "fix: save the full state_dict (activation_mean and activation_std together)"
+        )
+    for key, v in t.items():
+        _check_shape(v, (M, D), source=source, key=key, meaning="(n_models, d_model)")
+        if not bool(torch.isfinite(v).all()):
+            raise CrossCoderLoadError(
+                f"{source}: key {key!r} is partly NaN/inf (dictionary_learning then skips the normalizer, a finite "
+                "partner says it was used); fix: re-export the checkpoint with finite activation_mean/activation_std"
+            )
+    mean, std = t["activation_mean"], t["activation_std"]
+    if "activation_global_scale" in state:
+        g = _as_tensor(state["activation_global_scale"], source=source, key="activation_global_scale").double()
+        _check_shape(g, (M,), source=source, key="activation_global_scale", meaning="(n_models,)")
+    else:  # as NormalizableMixin.__init__ computes it
+        rms = _scalar(state["target_rms"], source=source, key="target_rms") if "target_rms" in state else 1.0
+        if not math.isfinite(rms):
+            rms = 1.0
+        g = rms / torch.sqrt((std**2).sum(-1) + 1e-8)
+    if not bool(torch.isfinite(g).all() and (g > 0).all()):
+        raise CrossCoderLoadError(
+            f"{source}: key 'activation_global_scale' = {g.tolist()} must be finite and > 0 with a normalizer; "
+            "fix: re-export the checkpoint (target_rms / sqrt(sum std^2))"
+        )
+    return mean, g
+
+
+def load_dictionary_learning_state(state: dict[str, torch.Tensor], *, source: str = "<state dict>",
+                                   d_model: int | None = None, n_models: int = 2, strict: bool = True,
+                                   config: dict[str, Any] | None = None) -> CrossCoder:
+    """dictionary_learning `CrossCoder` / `BatchTopKCrossCoder` state dict -> ReLUCrossCoder / BatchTopKCrossCoder.
+
+    Keys: encoder.weight [M, D, F], encoder.bias [F], decoder.weight [M, F, D], decoder.bias
+    [M, D]; `k` and `threshold` make it BatchTopK (without them it is the L1 `CrossCoder`,
+    f = relu(pre)). Later saves add `code_normalization_id` (BatchTopK: only 1 = CROSSCODER,
+    the sum of per-model decoder norms, matches this package's selection score; other ids
+    are refused) and the NormalizableMixin buffers (NaN = unused; a finite normalizer is
+    folded: input_scale_M = 1 / activation_global_scale, b_enc -= sum_m g_m mean_m @ W_enc[m],
+    b_dec += g * mean; decode then differs from dictionary_learning's x_hat / (g + 1e-8) by a
+    relative 1e-8 / g). `config` is the hub config.json (dict_class, activation_dim,
+    dict_size, num_layers, k, code_normalization), checked against the tensors.
 
     Example:
         >>> cc = load_dictionary_learning_state(torch.load("ae.pt", weights_only=True))   # doctest: +SKIP
     """
     state = _strip_prefix(state)
-    _require(state, _DL_KEYS, source=source, layout="dictionary_learning",
-             fix="save the full BatchTopKCrossCoder state_dict (k and threshold are buffers)")
-    _reject_unexpected(state, _DL_KEYS, source=source, layout="dictionary_learning", strict=strict)
-    t = {key: _as_tensor(state[key], source=source, key=key) for key in _DL_KEYS[:4]}
-    dec = t["decoder.weight"]
+    cfg = config or {}
+    cfg_source = f"{source} (config.json)"
+    # a threshold says BatchTopK, which needs its k too
+    needs_k = "threshold" in state and "k" not in cfg
+    _require(state, _DL_WEIGHTS + (("k",) if needs_k else ()), source=source, layout="dictionary_learning",
+             fix="save the full CrossCoder state_dict (encoder/decoder weight and bias; k is a BatchTopK buffer)")
+    dict_class = cfg.get("dict_class")
+    if dict_class is not None and dict_class not in _DL_CLASSES:
+        raise CrossCoderLoadError(
+            f"{cfg_source}: key 'dict_class' = {dict_class!r} is not a crosscoder this loader reads "
+            f"({sorted(_DL_CLASSES)}); fix: load it with dictionary_learning itself"
+        )
+    topk = any(key in state for key in _DL_TOPK) or dict_class == "BatchTopKCrossCoder"
+    if dict_class == "CrossCoder" and any(key in state for key in _DL_TOPK):
+        raise CrossCoderLoadError(
+            f"{cfg_source}: 'dict_class' = 'CrossCoder' (ReLU) but the weights hold k/threshold; "
+            "fix: use the config.json saved with these weights"
+        )
+    if topk and "k" not in state and "k" not in cfg:
+        raise CrossCoderLoadError(f"{source}: a BatchTopKCrossCoder without 'k'; fix: save the full state_dict (k is a buffer)")
+    _reject_unexpected(state, _DL_WEIGHTS + _DL_TOPK + _DL_NORM, source=source, layout="dictionary_learning", strict=strict)
+    t = {key: _as_tensor(state[key], source=source, key=key) for key in _DL_WEIGHTS}
+    enc, dec = t["encoder.weight"], t["decoder.weight"]
     if dec.ndim != 3:
         raise CrossCoderLoadError(
             f"{source}: key 'decoder.weight' has shape {tuple(dec.shape)}, expected (n_models, F, d_model); fix: use a crosscoder checkpoint"
         )
+    if enc.ndim == 3:
+        for key, axis in (("num_layers", 0), ("activation_dim", 1), ("dict_size", 2)):
+            if isinstance(cfg.get(key), int) and cfg[key] != enc.shape[axis]:
+                raise CrossCoderLoadError(
+                    f"{cfg_source}: key {key!r} = {cfg[key]} but encoder.weight has shape {tuple(enc.shape)}; "
+                    "fix: use the config.json saved with these weights"
+                )
+    code_norm = _dl_code_norm(state, cfg, source=source)
+    if topk and code_norm not in (None, "CROSSCODER"):
+        raise CrossCoderLoadError(
+            f"{source}: key 'code_normalization_id' says {code_norm} but this package's BatchTopK selects on the CROSSCODER "
+            "score (sum of per-model decoder norms); fix: load it with dictionary_learning, or re-train with CROSSCODER"
+        )
+    k = threshold = None
+    if topk:
+        k = _scalar(state["k"] if "k" in state else cfg["k"], source=source, key="k")
+        if "k" in state and isinstance(cfg.get("k"), (int, float)) and float(cfg["k"]) != k:
+            raise CrossCoderLoadError(f"{cfg_source}: key 'k' = {cfg['k']} but the weights hold k = {k:g}; fix: use the config.json saved with these weights")
+        threshold = _scalar(state["threshold"], source=source, key="threshold") if "threshold" in state else -1.0
+    b_enc, b_dec, input_scale_M = t["encoder.bias"], t["decoder.bias"], None
+    if enc.ndim == 3 and b_dec.ndim == 2:
+        norm = _dl_normalizer(state, source=source, M=enc.shape[0], D=enc.shape[1])
+        if norm is not None:  # fold (x - mean) * g into the weights, see the docstring
+            mean, g = norm
+            b_enc = (b_enc.double() - torch.einsum("md,mdf->f", mean * g[:, None], enc.double())).float()
+            b_dec = (b_dec.double() + mean * g[:, None]).float()
+            input_scale_M = (1.0 / g).float()
     return _build(
-        source=source, enc_key="encoder.weight", W_enc_MDF=t["encoder.weight"], b_enc_F=t["encoder.bias"],
-        W_dec_FMD=dec.permute(1, 0, 2), b_dec_MD=t["decoder.bias"],
-        k=_scalar(state["k"], source=source, key="k"), threshold=_scalar(state["threshold"], source=source, key="threshold"),
-        input_scale_M=None, d_model=d_model, n_models=n_models,
-        names={"b_enc": "encoder.bias", "W_dec": "decoder.weight", "b_dec": "decoder.bias",
+        source=source, enc_key="encoder.weight", W_enc_MDF=enc, b_enc_F=b_enc,
+        W_dec_FMD=dec.permute(1, 0, 2), b_dec_MD=b_dec, k=k, threshold=-1.0 if threshold is None else threshold,
+        input_scale_M=input_scale_M, d_model=d_model, n_models=n_models,
+        names={"b_enc": "encoder.bias", "W_dec": "decoder.weight", "b_dec": "decoder.bias", "scale": "activation_global_scale",
                "W_dec_meaning": "after permuting (n_models, F, d_model) -> (F, n_models, d_model)"},
     )
 
@@ -292,16 +433,29 @@ def _read_weights(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised as one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CrossCoderLoadError(
-            f"{path}: torch.load(weights_only=True) failed ({first}); fix: save a plain dict of tensors"
-        ) from exc
+            f"{path}: not a torch checkpoint that loads with weights_only=True ({_torch_load_reason(exc)}): a damaged "
+            "or foreign file, or one that pickles objects besides tensors, which probebench does not unpickle; fix: "
+            "re-download it, or re-save it as a plain dict of tensors (torch.save(model.state_dict(), path)) or as "
+            ".safetensors"
+        ) from None
     # some trainers nest the weights: {"state_dict": {...}, "step": ...}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CrossCoderLoadError(f"{path}: holds a {type(obj).__name__}, not a state dict; fix: save model.state_dict()")
     return obj
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """The cause torch gives, without its advice to retry with weights_only=False (that runs
+    whatever code the file carries)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|Check the documentation|$)", text, re.S)
+    reason = " ".join((found.group(1) if found else text.strip().split("\n")[0]).split()).split(". ")[0].rstrip(".")
+    if not reason or "weights_only" in reason or len(reason) > 160:
+        reason = type(exc).__name__
+    return reason
 
 
 def _find_cfg(folder: Path) -> Path | None:
@@ -314,10 +468,14 @@ def _find_cfg(folder: Path) -> Path | None:
 def _weights_and_cfg(path: Path) -> tuple[Path, Path | None]:
     if path.is_dir():
         weights = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+        if len(weights) > 1:
+            # a training folder: the final save among checkpoint_*.pt / ae_<step>.pt
+            final = [p for p in weights if p.name in _FINAL_NAMES]
+            weights = final if len(final) == 1 else weights
         if len(weights) != 1:
             raise CrossCoderLoadError(
-                f"{path}: expected exactly one weights file ({', '.join(_WEIGHT_SUFFIXES)}), found "
-                f"{[p.name for p in weights]}; fix: pass the weights file itself"
+                f"{path}: expected exactly one weights file ({', '.join(_WEIGHT_SUFFIXES)}) or one final save "
+                f"{list(_FINAL_NAMES)}, found {[p.name for p in weights]}; fix: pass the weights file itself"
             )
         return weights[0], _find_cfg(path)
     if path.is_file():
@@ -364,16 +522,22 @@ def load_crosscoder(path: str | Path, *, d_model: int | None = None, n_models: i
     if layout == "native":
         return load_native_state(state, **kw)
     if layout == "dictionary_learning":
-        return load_dictionary_learning_state(state, **kw)
+        # hub folder: config.json = constructor arguments (+ dict_class since 2026); a training
+        # folder's config.json ({"trainer": ..., "buffer": ...}) holds none of them at top level
+        return load_dictionary_learning_state(state, config=_read_cfg(cfg_path) if cfg_path else None, **kw)
     if cfg_path is None:
         raise CrossCoderLoadError(
             f"{source}: the W_enc/W_dec layout needs cfg.json (d_in, dict_size, scale factors; k for BatchTopK) "
             f"next to it; fix: put cfg.json in {weights_path.parent}"
         )
+    return load_wdec_layout(state, _read_cfg(cfg_path), **kw)
+
+
+def _read_cfg(cfg_path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CrossCoderLoadError(f"{cfg_path}: not valid JSON ({exc}); fix: repair or re-download it") from exc
     if not isinstance(cfg, dict):
         raise CrossCoderLoadError(f"{cfg_path}: holds a {type(cfg).__name__}, not an object; fix: write a JSON object")
-    return load_wdec_layout(state, cfg, **kw)
+    return cfg
