@@ -30,7 +30,7 @@ from probebench.crosscoder.audit import (
     readout_activations,
     select_latents,
 )
-from probebench.crosscoder.controls import identical_pair_control, planted_change_control
+from probebench.crosscoder.controls import identical_pair_control, planted_change_control, sign_reversal_control
 from probebench.crosscoder import load_crosscoder
 from probebench.artifacts.io import atomic_write_text, read_json, write_figure, write_json
 from probebench.params.schema import Params
@@ -44,7 +44,7 @@ def controls(params: Params, train: dict, models, tokenizer, prompts, layers) ->
     if train.get("source") != "trained":
         reason = "a loaded checkpoint: its training recipe cannot be rerun on (base, base) or from another init"
         return {"identical_pair": {"run": 0, "reason": reason}, "planted_change": {"run": 0, "reason": reason},
-                "convergence": {"run": 0, "reason": reason}}
+                "sign_reversal": {"run": 0, "reason": reason}, "convergence": {"run": 0, "reason": reason}}
     fix = (f"fix: raise crosscoder.steps (now {p.steps}) or add prompt sets to crosscoder.train_tasks (more tokens; "
            f"now {train.get('n_tokens')})")
     conv = train["convergence"]
@@ -71,14 +71,25 @@ def controls(params: Params, train: dict, models, tokenizer, prompts, layers) ->
     train_texts = pd.read_parquet(Path("data/prompts") / f"{p.audit_task}.parquet").query("split == 'train'")["text"]
     if p.planted_latents == 0:
         planted = {"run": 0, "reason": "crosscoder.planted_latents is 0"}
-        return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "convergence": {"run": 1, **conv}}
+        return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "sign_reversal": planted,
+                "convergence": {"run": 1, **conv}}
     planted = planted_change_control(cc_id, models[0], tokenizer, prompts, train_texts.tolist(), layer=layers[0],
                                      threshold=p.ce_threshold, n_planted=p.planted_latents,
                                      max_frequency=p.planted_max_frequency, n_resamples=b.n_resamples, seed=b.seed,
                                      level=b.ci_level)
     if not planted["passed"]:
         raise AuditError(f"crosscoder control (b) failed: {planted_failure(planted, p)}")
-    return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "convergence": {"run": 1, **conv}}
+    reversal = sign_reversal_control(cc_id, models[0], tokenizer, prompts, layer=layers[0], threshold=p.ce_threshold,
+                                     n_resamples=b.n_resamples, seed=b.seed, level=b.ci_level)
+    if not reversal["passed"]:
+        why = reversal.get("reason") or (
+            f"ce_margin stayed >= 0 for {reversal['n_planted'] - reversal['n_caught_by_ce_margin']} of the "
+            f"{reversal['n_planted']} latents made to act with the opposite sign")
+        raise AuditError(f"crosscoder control (c) failed: {why}; the token-margin CE would not see a reversed "
+                         f"mechanism; fix: more test prompts in crosscoder.audit_task ({p.audit_task}) or raise "
+                         "crosscoder.steps")
+    return {"identical_pair": {"run": 1, **record}, "planted_change": planted, "sign_reversal": reversal,
+            "convergence": {"run": 1, **conv}}
 
 
 def planted_failure(rec: dict, p) -> str:
@@ -145,6 +156,12 @@ def main(params: Params, argv: list[str]) -> None:
     # DVC metrics are numbers only; the named formulae and reasons stay in reports/crosscoder/summary.json.
     write_json(Path("metrics/crosscoder.json"), numeric_metrics({k: v for k, v in summary.items() if k != "layer"}))
     scatter(table, p, Path("reports/crosscoder/cosine_vs_ce.png"))
+    sign = summary["sign"]
+    if "median_ce_kl" in sign:
+        console.print(f"crosscoder headline: median CE {sign['median_ce_kl']:.3f} (ce_kl, published, sign-blind) vs "
+                      f"{sign['median_ce_margin']:.3f} (ce_margin, sign-aware); "
+                      f"{sign['n_ce_kl_equivalent_ce_margin_negative']}/{summary['n_latents']} latents ce_kl calls "
+                      f"equivalent act with the opposite sign (ce_margin < 0)")
     for name in ("ce_kl", "ce_kl_firing", "ce_margin", "ce_margin_firing"):
         s = summary[name]
         if "median_rho" not in s:

@@ -36,7 +36,8 @@ def materialize_pinned(params: Params, meta: dict) -> None:
     against zoo/manifest.json and the current params, and the training metrics they came with."""
     entry = read_manifest(PINNED).get("crosscoder")
     verify(PINNED / "crosscoder", entry, params=params.crosscoder_training(fingerprints(params)),
-           where="crosscoder_train (crosscoder.source: pinned)")
+           where="crosscoder_train (crosscoder.source: pinned)",
+           retrain=("crosscoder.source: train", "probebench zoo pin --crosscoder"))
     atomic_write_bytes(OUT / "crosscoder.safetensors", (PINNED / "crosscoder" / "crosscoder.safetensors").read_bytes())
     with atomic_dir(CONTROLS) as tmp:
         shutil.copytree(PINNED / "crosscoder" / "controls", tmp, dirs_exist_ok=True)

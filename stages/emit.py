@@ -11,7 +11,7 @@ from _common import console, run
 
 import probebench
 from probebench.cells.schema import read_cells
-from probebench.leaderboard.entries import build_entries, probe_id
+from probebench.leaderboard.entries import build_entries, check_probe_ids, probe_id
 from probebench.artifacts.environment import versions
 from probebench.artifacts.io import atomic_write_text, dumps_json, read_json
 from probebench.params.schema import Params
@@ -25,8 +25,12 @@ def main(params: Params, argv: list[str]) -> None:
     ids = {(task, s): probe_id(params.emit.probe_id_prefix, task, s, metas[s]["layer"], params.probe.method,
                                params.transfer.method)
            for task in params.tasks for s in params.models}
+    origin = {k: f"emit.probe_id_prefix {params.emit.probe_id_prefix!r} (models.{k[1]}, tasks.{k[0]})" for k in ids}
     # an imported probe keeps the id its bundle declared (the leaderboard key of the submission)
     ids.update({(pr.task, key): load_probe(pr.path).card.get("id") or key for key, pr in params.probes.items()})
+    origin.update({(pr.task, key): f"probes.{key} (bundle id in {pr.path})" for key, pr in params.probes.items()})
+    # invalid or colliding ids name their params key now, not as entry N of the emitted list
+    check_probe_ids(ids, origin=origin, model={**names, **{key: names[pr.model] for key, pr in params.probes.items()}})
     entries, cells_provenance = build_entries(cells, names, ids)
     params_json = params.model_dump_json()
     provenance = {

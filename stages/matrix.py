@@ -56,9 +56,12 @@ def main(params: Params, argv: list[str]) -> None:
     write_json(Path("metrics/headline.json"), {k: round(v, 4) for k, v in headline(cells).items()})
     for task, t in metrics["tasks"].items():
         console.print(f"matrix {task}: off-diagonal rho_CE {t['min_offdiag_rho']:.2f}..{t['max_offdiag_rho']:.2f} "
-                      f"(mean {t['mean_offdiag_rho']:.2f}), within-class mean {t['mean_offdiag_rho_within']:.2f}, "
-                      f"transferred mean {t['mean_offdiag_rho_transferred']:.2f}; "
-                      f"{t['n_transfer_beats_null']} transfers beat their null")
+                      f"(mean {t['mean_offdiag_rho']:.2f}), within-class mean {t['mean_offdiag_rho_within']:.2f}; "
+                      f"Q1 over {t['q1_n_pairs']} pairs: median CCC {t['q1_median_pair_ccc']}, "
+                      f"{t['q1_n_pairs_ccc_beats_null']} beat the random null (BH), "
+                      f"{t['q1_n_pairs_not_same_mechanism']} not the same mechanism; Q2: "
+                      f"{t['n_transfer_beats_null']}/{t['n_offdiag']} transfers beat the "
+                      "random null (BH)")
     console.print(f"matrix: {metrics['n_scored']}/{metrics['n_offdiag']} off-diagonal cells scored, "
                   f"{metrics['n_not_same_mechanism']} flagged not_same_mechanism")
 

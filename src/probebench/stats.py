@@ -36,11 +36,16 @@ __all__ = [
     "CellStats",
     "auroc",
     "bca_ci",
+    "bh_adjust",
     "bootstrap_indices",
+    "ccc",
+    "ccc_with_ci",
     "cell_statistics",
+    "center_within_class",
     "cosine_overstatement",
     "jackknife_pearson",
     "max_jackknife_influence",
+    "null_test",
     "pearson",
     "pearson_rows",
     "percentile_ci",
@@ -599,6 +604,16 @@ def _center_within(a_SN: np.ndarray, lab_SN: np.ndarray) -> np.ndarray:
     return out_SN
 
 
+def center_within_class(a_N: ArrayLike, labels_N: ArrayLike) -> np.ndarray:
+    """`a_N` minus the mean of its label class.
+
+    >>> center_within_class([1.0, 3.0, 10.0, 20.0], [0, 0, 1, 1]).tolist()
+    [-1.0, 1.0, -5.0, 5.0]
+    """
+    a_N = _as_1d(a_N, "a_N")
+    return _center_within(a_N[None], _as_1d(labels_N, "labels_N")[None])[0]
+
+
 def within_class_pearson(
     x_N: ArrayLike, y_N: ArrayLike, labels_N: ArrayLike, idx_SN: ArrayLike, *, ci_level: float = 0.95
 ) -> tuple[float, float, float]:
@@ -631,6 +646,148 @@ def within_class_pearson(
                                                        _center_within(y_N[i_sN], lab_sN))
     lo, hi = percentile_ci(theta_S, _check_level(ci_level))
     return r, lo, hi
+
+
+# --------------------------------------------------------------------------------------
+# agreement that sees scale: Lin's concordance correlation
+# --------------------------------------------------------------------------------------
+
+
+def _ccc_block(x_SN: np.ndarray, y_SN: np.ndarray) -> np.ndarray:
+    mx_S1, my_S1 = x_SN.mean(axis=1, keepdims=True), y_SN.mean(axis=1, keepdims=True)
+    xc_SN, yc_SN = x_SN - mx_S1, y_SN - my_S1
+    n = x_SN.shape[1]
+    sxy_S = (xc_SN * yc_SN).sum(axis=1) / n
+    sxx_S = (xc_SN * xc_SN).sum(axis=1) / n
+    syy_S = (yc_SN * yc_SN).sum(axis=1) / n
+    den_S = sxx_S + syy_S + (mx_S1[:, 0] - my_S1[:, 0]) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c_S = 2.0 * sxy_S / den_S
+    # x == y gives 2 sxx / 2 sxx: exactly 1.0 in floats
+    return np.clip(np.where(den_S > 0, c_S, np.nan), -1.0, 1.0)
+
+
+def ccc(x_N: ArrayLike, y_N: ArrayLike) -> float:
+    """Lin's concordance correlation ``2 s_xy / (s_x^2 + s_y^2 + (mean_x - mean_y)^2)``
+    (population moments): 1 only when y == x, and it shrinks with any difference of scale or
+    offset, not only with scatter. On effects in clean-margin SDs it is the agreement a reader
+    means by "the same mechanism": two near-inert directions whose tiny effects co-vary have a
+    high Pearson but a CCC near 0. nan when both inputs are constant and equal.
+
+    >>> ccc([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), round(pearson([1.0, 2.0, 3.0], [0.01, 0.02, 0.03]), 6)
+    (1.0, 1.0)
+    >>> round(ccc([1.0, 2.0, 3.0], [0.01, 0.02, 0.03]), 3)  # same pattern, 1/100 of the size
+    0.003
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    return float(_ccc_block(x_N[None, :], y_N[None, :])[0])
+
+
+def ccc_with_ci(x_N: ArrayLike, y_N: ArrayLike, idx_SN: ArrayLike, *, labels_N: ArrayLike | None = None,
+                ci_level: float = 0.95) -> tuple[float, float, float]:
+    """(CCC, percentile CI low, high) over the shared resamples ``idx_SN``. With ``labels_N``
+    both effects are first centred within each label class (inside every resample), so the
+    value says whether the per-prompt effects agree beyond the label (cf.
+    :func:`within_class_pearson`); a pure label effect then gives a CCC near 0.
+
+    >>> rng = np.random.default_rng(0); lab = rng.integers(0, 2, 400).astype(float)
+    >>> x = 3 * lab + rng.normal(size=400); y = 3 * lab + rng.normal(size=400)
+    >>> idx = bootstrap_indices(400, 200)
+    >>> round(ccc_with_ci(x, y, idx)[0], 1), abs(ccc_with_ci(x, y, idx, labels_N=lab)[0]) < 0.15
+    (0.7, True)
+    """
+    x_N, y_N = _paired_1d(x_N, y_N, "x_N", "y_N")
+    idx_SN = np.asarray(idx_SN)
+    lab_N = None if labels_N is None else _as_1d(labels_N, "labels_N")
+
+    def _stat(i_sN: np.ndarray | None) -> np.ndarray:
+        xs, ys = (x_N[None], y_N[None]) if i_sN is None else (x_N[i_sN], y_N[i_sN])
+        if lab_N is not None:
+            lab = lab_N[None] if i_sN is None else lab_N[i_sN]
+            xs, ys = _center_within(xs, lab), _center_within(ys, lab)
+        return _ccc_block(xs, ys)
+
+    c = float(_stat(None)[0])
+    rows = max(1, _BLOCK_ELEMENTS // x_N.shape[0])
+    theta_S = np.concatenate([_stat(idx_SN[s:s + rows]) for s in range(0, idx_SN.shape[0], rows)])
+    lo, hi = percentile_ci(theta_S, _check_level(ci_level))
+    return c, lo, hi
+
+
+@dataclass(frozen=True)
+class NullTest:
+    """An observed statistic against the draws of its null (one per random direction).
+
+    ``p_empirical = (1 + #{null >= observed}) / (1 + J)`` (never 0; its resolution is 1/(J+1)).
+    ``p_fitted``: the null's Fisher-z values taken as normal with unknown mean and variance; a
+    new draw then follows Student's t with J-1 degrees of freedom around their mean, scaled by
+    s * sqrt(1 + 1/J), and p is its upper tail at the observed z. ``fit_p``: Shapiro-Wilk's p
+    for that normality (the check of the fit against the empirical draws). ``p``: the empirical
+    p where the draws resolve 0.01 (J >= 99); with fewer, the fitted p where the fit holds
+    (J >= 8 and fit_p >= 0.01); else the empirical one (which then cannot go below 1/(J+1)).
+    """
+
+    observed: float
+    n_draws: int
+    null_low: float
+    null_high: float
+    p_empirical: float
+    p_fitted: float
+    fit_p: float
+    p: float
+
+
+MIN_FIT_DRAWS = 8
+FIT_ALPHA = 0.01
+EMPIRICAL_DRAWS = 99  # p resolution 0.01
+
+
+def null_test(observed: float, null_J: ArrayLike) -> NullTest:
+    """One-sided test of ``observed`` against ``null_J`` (see :class:`NullTest`). nan draws
+    (undefined statistics) are dropped; an undefined observation gives p = nan.
+
+    >>> rng = np.random.default_rng(0); null = np.tanh(rng.normal(0.0, 0.05, size=16))
+    >>> t = null_test(0.6, null)
+    >>> t.p_empirical == 1 / 17, t.p < 1e-6, t.fit_p > 0.01
+    (True, True, True)
+    >>> 0.2 < null_test(float(np.median(null)), null).p < 0.8
+    True
+    """
+    null_J = np.asarray(null_J, dtype=np.float64)
+    null_J = null_J[~np.isnan(null_J)]
+    J = int(null_J.shape[0])
+    nan = float("nan")
+    if J == 0:
+        return NullTest(float(observed), 0, nan, nan, nan, nan, nan, nan)
+    lo, hi = float(null_J.min()), float(null_J.max())
+    if np.isnan(observed):
+        return NullTest(nan, J, lo, hi, nan, nan, nan, nan)
+    p_emp = float((1 + np.count_nonzero(null_J >= observed)) / (1 + J))
+    p_fit = fit_p = nan
+    if J >= 3:
+        z_J = np.arctanh(np.clip(null_J, -0.999999, 0.999999))
+        z_obs = float(np.arctanh(np.clip(observed, -0.999999, 0.999999)))
+        m, s = float(z_J.mean()), float(z_J.std(ddof=1))
+        if s > 0:
+            p_fit = float(scipy.stats.t.sf((z_obs - m) / (s * np.sqrt(1.0 + 1.0 / J)), df=J - 1))
+            fit_p = float(scipy.stats.shapiro(z_J).pvalue)
+    use_fit = MIN_FIT_DRAWS <= J < EMPIRICAL_DRAWS and np.isfinite(fit_p) and fit_p >= FIT_ALPHA
+    return NullTest(float(observed), J, lo, hi, p_emp, p_fit, fit_p, p_fit if use_fit else p_emp)
+
+
+def bh_adjust(p_K: ArrayLike) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (scipy's ``false_discovery_control``); nan stays
+    nan and is left out of the family.
+
+    >>> bh_adjust([0.01, 0.04, np.nan, 0.03]).round(3).tolist()
+    [0.03, 0.04, nan, 0.04]
+    """
+    p_K = np.asarray(p_K, dtype=np.float64)
+    out_K = np.full(p_K.shape, np.nan)
+    ok_K = ~np.isnan(p_K)
+    if ok_K.any():
+        out_K[ok_K] = scipy.stats.false_discovery_control(p_K[ok_K], method="bh")
+    return out_K
 
 
 # --------------------------------------------------------------------------------------

@@ -109,7 +109,8 @@ def test_geometry_flags_need_a_cosine_above_its_null():
                 info["cosine_transfer_null_p"], info["transfer_auroc_null_p"] = 0.6, 0.6
     r = ruled(cells_for(effects, transfers))
     off = r[~r.diagonal]
-    assert not off.geometry_defined.any() and not off.cosine_confound.any() and off.transfer_at_null.all()
+    assert not off.geometry_defined.any() and not off.cosine_confound.any()
+    assert not off.transfer_at_null.any()  # the AUROC null is a diagnostic; the causal test (ccc_transferred) decides
     s = cosine_summary(r, MatrixParams())
     assert s["t"]["n"] == 0 and "one_minus_median_ratio" not in s["t"]  # absent, not 0 or 1
 
@@ -138,7 +139,7 @@ def test_transferred_rho_and_random_null_are_reported_apart_from_matched_rho():
     r = ruled(cells_for(effects, transfers, n_resamples=500))
     off = r[~r.diagonal]
     assert (off.pearson > 0.65).all() and (off.rho_transferred.abs() < 0.2).all()
-    assert (off.rho_null_high < 0.25).all() and off.rho_beats_null.all() and (off.n_random == 4).all()
+    assert (off.rho_null_high < 0.25).all() and off.ccc_beats_null.all() and (off.n_random == 99).all()
     diag = r[r.diagonal]
     assert (diag.rho_transferred == 1.0).all() and (diag.rho_within == 1.0).all()
 

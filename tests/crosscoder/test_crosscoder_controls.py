@@ -178,3 +178,21 @@ def test_planted_change_control_readers_lose_and_avoiders_keep(base, identical_a
     # no latent in the frequency window: a record that fails and says why
     none = planted_change_control(cc, model, tok, TEST, train_texts, **{**kw, "min_planted_inputs": 10**6})
     assert not none["passed"] and "need 1" in none["reason"]
+
+
+def test_sign_reversal_is_missed_by_ce_kl_and_caught_by_ce_margin(base, identical_acts):
+    from probebench.crosscoder.audit import sign_disagreements
+    from probebench.crosscoder.controls import sign_reversal_control
+
+    model, tok = base
+    cc, _ = train_crosscoder(identical_acts, n_latents=64, k=4, batch_size=128, lr=1e-2, seed=0, steps=60)
+    rec = sign_reversal_control(cc, model, tok, TEST, layer=LAYER, n_planted=4, n_resamples=20)
+    assert rec["passed"] and rec["n_caught_by_ce_margin"] == 4 and max(rec["ce_margin"]) < -0.5
+    # the published, sign-blind statistic calls the reversed latents equivalent
+    assert rec["n_equivalent_by_ce_kl"] >= 3 and rec["median_ce_kl"] > 0.8
+    table = __import__("pandas").DataFrame({"latent": rec["planted_latents"], "ce_kl": rec["ce_kl"],
+                                            "ce_margin": rec["ce_margin"]})
+    assert sign_disagreements(table)["n_ce_kl_equivalent_ce_margin_negative"] == rec["n_equivalent_by_ce_kl"]
+    # too few latents firing: a record that fails and says why
+    none = sign_reversal_control(cc, model, tok, TEST, layer=LAYER, n_planted=10**6, n_resamples=20)
+    assert not none["passed"] and "need 1000000" in none["reason"]

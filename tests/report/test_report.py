@@ -3,6 +3,7 @@ data (change a cell, the figure changes), and rendered by a real browser with ev
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -58,7 +59,11 @@ def make_cells(effects: pd.DataFrame, *, new_columns: bool = True) -> pd.DataFra
             row.update({"rho_within": r / 3, "rho_within_ci_low": r / 3 - 0.3, "rho_within_ci_high": r / 3 + 0.3,
                         "rho_transferred": r / 2, "rho_transferred_ci_low": r / 2 - 0.2,
                         "rho_transferred_ci_high": r / 2 + 0.2, "rho_null_low": -0.2, "rho_null_high": 0.25,
-                        "rho_beats_null": r > 0.25, "geometry": "shared_basis" if source < target else "transfer",
+                        "ccc": 0.9 * r, "ccc_ci_low": 0.9 * r - 0.1, "ccc_ci_high": min(0.9 * r + 0.1, 1.0),
+                        "ccc_null_high": 0.05, "ccc_null_p": 0.01 if r > 0.25 else 0.5,
+                        "ccc_null_q": 0.01 if r > 0.25 else 0.5, "ccc_beats_null": r > 0.25,
+                        "ccc_transferred": r / 2, "ccc_transferred_null_p": 0.01 if source == "alpha" else 0.4,
+                        "imported": False, "geometry": "shared_basis" if source < target else "transfer",
                         "transfer_auroc_null_p": 0.01 if source == "alpha" else 0.4,
                         "transfer_auroc_null_low": 0.3, "transfer_auroc_null_high": 0.7, "cosine_null_p": 0.01,
                         "transfer_at_null": source != target and source != "alpha",
@@ -136,10 +141,12 @@ def test_every_section_is_present_and_references_existing_figures(report):
 def test_headline_counts_cells_that_beat_their_nulls(report, effects):
     cells = make_cells(effects)
     off = cells[(cells.task == "sentiment") & ~cells.diagonal]
-    # planted: the null range tops at 0.25; AUROC null p < 0.05 only for source alpha (2 of 6 cells)
-    above = int((off.pearson > 0.25).sum())
-    assert f"in {above}/6 cells rho_CE lies above the random-direction null range" in report.html
-    assert "beats its null maps in 2/6" in report.html
+    # planted: pairs with rho > 0.25 beat the CCC null; the transfer lands only from source alpha (2 of 6 cells)
+    pairs = off[off.source < off.target]
+    above = int((pairs.pearson > 0.25).sum())
+    assert f"<b>{above}/3</b> pairs beat it" in report.html and "over the 3 unordered pairs" in report.html
+    assert f"median <b>{(0.9 * pairs.pearson).median():.2f}</b> against a random-direction null" in report.html
+    assert "random directions in 2/6 ordered cells" in report.html
     assert f"median <b>{off.pearson.median():.2f}</b>" in report.html
     assert f"the median is <b>{(off.pearson / 3).median():.2f}</b>" in report.html
 
@@ -149,8 +156,8 @@ def test_old_columns_render_with_missing_sections_said_plainly(effects):
     page = build_report(inputs(make_cells(effects, new_columns=False), None)).html
     assert "Within-class rho_CE (rho_within): not computed in this run" in page
     assert "Per-prompt effects (data/effects.parquet): not computed in this run" in page
-    assert ("Not computed in this run: the null maps of the transfer AUROC, the random-direction null of rho_CE, "
-            "within-class rho_CE.") in page
+    assert ("Not computed in this run: the random-direction null of the causal agreement, the random-direction "
+            "test of the transferred direction, within-class rho_CE.") in page
 
 
 def test_geometry_is_drawn_only_where_cosine_is_defined(report, effects):
@@ -276,6 +283,10 @@ def test_show_prints_estimates_with_cis_and_flags(effects, tmp_path):
     assert "N = not_same_mechanism, L = label_driven" in result.output
     within = CliRunner().invoke(app, ["show", "--cells", str(path), "--stat", "rho_within"], env={"COLUMNS": "250"})
     assert f"{r.rho_within:.2f} [{r.rho_within_ci_low:.2f}, {r.rho_within_ci_high:.2f}]" in within.output
+    pairs = cells[(cells.task == "sentiment") & (cells.source < cells.target)]
+    assert (f"sentiment, Q1 over 3 unordered pairs (1 scored): median rho_CE {pairs.pearson.median():.2f}, median "
+            f"CCC {pairs.ccc.median():.2f}; {int((pairs.pearson > 0.25).sum())} beat the random-direction null") \
+        in " ".join(result.output.split())
     bad = CliRunner().invoke(app, ["show", "--cells", str(path), "--stat", "nope"])
     assert bad.exit_code == 2 and "'nope' is not a column" in bad.output
 
@@ -309,7 +320,8 @@ def test_report_command_runs_the_stage_then_opens_the_page(tmp_path, monkeypatch
 STAGE_PARAMS = """\
 tasks: {sentiment: {kind: sentiment}, consistency: {kind: consistency}}
 zoo:
-  models: {alpha: {family: llama, d_model: 16, n_layers: 1, vocab_size: 140}}
+  models: {alpha: {family: llama, d_model: 16, n_layers: 1, vocab_size: 140},
+           gamma: {family: qwen2, d_model: 16, n_layers: 1, vocab_size: 140}}
   finetunes: {beta: {base: alpha}}
 models: {alpha: {path: data/zoo/alpha}, beta: {path: data/zoo/beta, basis: alpha}, gamma: {path: data/zoo/gamma}}
 """
@@ -350,3 +362,14 @@ def test_stage_writes_page_svg_and_png_and_drops_stale_figures(effects, tmp_path
     # the model table: architecture from the zoo params (a fine-tune named as such), size from metrics/zoo
     assert "llama (fine-tune of alpha)" in page and "108,096" in page and "0.970" in page
     assert "Crosscoder audit (metrics/crosscoder.json): not computed in this run" in page
+
+
+def test_crosscoder_headline_puts_the_sign_aware_ce_beside_the_published_one(effects):
+    inp = inputs(make_cells(effects), effects)
+    metrics = {"metrics/crosscoder.json": {
+        "n_latents": 80, "sign": {"median_ce_kl": 0.45, "median_ce_margin": 0.31, "n_ce_kl_equivalent_ce_margin_negative": 10},
+        "controls": {"sign_reversal": {"n_planted": 8, "n_equivalent_by_ce_kl": 8, "n_caught_by_ce_margin": 8}}}}
+    html = build_report(dataclasses.replace(inp, crosscoder_metrics=metrics)).html
+    assert "median CE <b>0.450</b> under the published, sign-blind statistic (ce_kl)" in html
+    assert "<b>0.310</b> under the sign-aware one (ce_margin); 10 latents" in html
+    assert "ce_kl calls 8 equivalent and ce_margin catches 8" in html

@@ -27,7 +27,7 @@ def _frame(task, target, source, kind, clean, delta, shift, labels):
 
 
 def synthetic_effects(n=256, rho=0.6, shift_sd=0.0, seed=0, models=MODELS, tasks=("t",), label_effect=0.0,
-                      transfer_rho=None, n_random=4):
+                      transfer_rho=None, n_random=99):
     """Per-prompt effects with a planted correlation `rho` between every pair of models' matched
     deltas (a shared latent z), an optional label effect added to every matched delta, a
     transferred direction whose delta shares z with weight `transfer_rho` (default: rho), random

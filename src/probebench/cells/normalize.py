@@ -19,7 +19,7 @@ def normalize_effects(effects: pd.DataFrame, effect: str) -> tuple[pd.DataFrame,
     sd = effects.groupby(["task", "target", "source"])["clean_margin"].std(ddof=1).groupby(["task", "target"]).first()
     out = effects.copy()
     out["effect"] = out[EFFECT_COLUMNS[effect]]
-    out["clean_margin_sd"] = [sd[(task, target)] for task, target in zip(out["task"], out["target"])]
+    out["clean_margin_sd"] = sd.reindex(pd.MultiIndex.from_arrays([out["task"], out["target"]])).to_numpy()
     out["effect_sd"] = out["effect"] / out["clean_margin_sd"]
     sds = {f"{task}/{target}": float(v) for (task, target), v in sd.items()}
     return out, {"effect": effect, "column": EFFECT_COLUMNS[effect], "clean_margin_sd": sds}

@@ -16,13 +16,19 @@ def apply_rules(cells: pd.DataFrame, rules: MatrixParams, *, normalization: str,
     """Flags and `scored` with the reason when not (docs/design.md §2).
 
     * `not_same_mechanism`: rho_CE < not_same_threshold (or undefined);
-    * `label_driven`: rho_CE >= not_same_threshold but the within-class CI reaches below
-      within_threshold (the agreement is the label, not the per-prompt effect);
+    * `label_driven`: rho_CE >= not_same_threshold but within class the agreement is not there:
+      the within-class CCC does not beat its random-direction null (p > null_alpha), or the
+      within-class CI reaches below within_threshold (the agreement is the label, not the
+      per-prompt effect);
     * `cosine_confound`: geometry defined and above its null (p <= null_alpha), cosine >=
       cosine_confound_threshold, and rho_CE < not_same_threshold;
-    * `transfer_at_null`: the transferred direction's AUROC does not beat its null (p > null_alpha);
-      informative only, scoring follows the site's rules;
-    * `inert_direction`: mean |effect| below min_effect_sd clean-margin SDs on either side.
+    * `transfer_at_null`: the transferred direction's causal agreement with the source
+      (`ccc_transferred`, blind to the direction's sign) does not beat the target's random
+      directions after Benjamini-Hochberg over the task (q > null_alpha); informative only,
+      scoring follows the site's rules; the transfer AUROC stays a diagnostic;
+    * `inert_direction`: mean |effect| below min_effect_sd clean-margin SDs on either side;
+    * `inert_transfer`: the transferred direction's mean |effect| below min_effect_sd.
+    `ccc_beats_null` (Q1): ccc_null_q <= null_alpha (BH over the task's unordered pairs).
 
     `heldout[task]` is "" when the held-out check passed, else the reason it failed.
     `gate[(task, model)]` says whether the model does the task: `heldout_auroc` (of the clean
@@ -33,14 +39,18 @@ def apply_rules(cells: pd.DataFrame, rules: MatrixParams, *, normalization: str,
     rho = out["pearson"]
     off = ~out["diagonal"]
     out["not_same_mechanism"] = (rho < rules.not_same_threshold) | rho.isna()
-    out["label_driven"] = (rho >= rules.not_same_threshold) & (out["rho_within_ci_low"] < rules.within_threshold)
+    out["label_driven"] = ((rho >= rules.not_same_threshold)
+                           & ((out["rho_within_ci_low"] < rules.within_threshold)
+                              | ~(out["ccc_within_null_p"] <= null_alpha)))
     out["geometry_defined"] = off & out["cosine"].notna() & (out["cosine_null_p"] <= null_alpha)
     out["cosine_confound"] = (out["geometry_defined"] & (out["cosine"] >= rules.cosine_confound_threshold)
                               & (rho < rules.not_same_threshold))
-    out["transfer_at_null"] = off & ~(out["transfer_auroc_null_p"] <= null_alpha)
+    has_transfer = off & out["ccc_transferred_null_p"].notna()
+    out["transfer_at_null"] = has_transfer & ~(out["ccc_transferred_null_q"] <= null_alpha)
     out["inert_direction"] = (out[["mean_abs_effect_sd_source", "mean_abs_effect_sd_target"]].min(axis=1)
                               < rules.min_effect_sd)
-    out["rho_beats_null"] = rho > out["rho_null_high"]
+    out["inert_transfer"] = has_transfer & (out["mean_abs_effect_sd_transferred"] < rules.min_effect_sd)
+    out["ccc_beats_null"] = off & (out["ccc_null_q"] <= null_alpha)
     for flag in FLAGS:
         out.loc[~off, flag] = False
     out["flags"] = [";".join(f for f in FLAGS if r[f]) for _, r in out.iterrows()]

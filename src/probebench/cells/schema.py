@@ -69,9 +69,28 @@ COLUMNS: tuple[Column, ...] = (
     _c("rho_transferred", "float", "Q2: Pearson of the source effect and the target ablating the transferred direction"),
     _c("rho_transferred_ci_low", "float", "rho_transferred CI, low end"),
     _c("rho_transferred_ci_high", "float", "rho_transferred CI, high end"),
-    _c("n_random", "int", "random null directions in the target"),
-    _c("rho_null_low", "float", "lowest Pearson of the source effect with a random direction's effect"),
+    _c("n_random", "int", "random null directions ablated in the target"),
+    _c("n_random_source", "int", "random null directions ablated in the source's model"),
+    _c("rho_null_low", "float", "lowest Pearson against a random direction (either side; the old statistic's null)"),
     _c("rho_null_high", "float", "highest such Pearson"),
+    _c("ccc", "float", "Q1, scale-aware: Lin's concordance of the matched effects in clean-margin SDs"),
+    _c("ccc_ci_low", "float", "ccc bootstrap CI (same resamples), low end"),
+    _c("ccc_ci_high", "float", "ccc CI, high end"),
+    _c("ccc_within", "float", "ccc with effects centred within each label class"),
+    _c("ccc_within_ci_low", "float", "ccc_within CI, low end"),
+    _c("ccc_within_ci_high", "float", "ccc_within CI, high end"),
+    _c("ccc_null_high", "float", "highest ccc of a random direction (either side)"),
+    _c("ccc_null_p", "float", "p of ccc against the random-direction null: the larger of the two sides' p (symmetric)"),
+    _c("ccc_null_p_empirical", "float", "the same with empirical p's only, (1 + #{null >= ccc}) / (1 + draws)"),
+    _c("ccc_null_fit_p", "float", "Shapiro-Wilk p of the normal fit to the null's Fisher z on a side with < 99 draws "
+                                  "(the lower of two); < 0.01: the fit is not used; NaN: both sides empirical"),
+    _c("ccc_null_q", "float", "Benjamini-Hochberg q of ccc_null_p over the task's unordered pairs"),
+    _c("ccc_within_null_p", "float", "p of ccc_within against the within-class random-direction null (both sides)"),
+    _c("ccc_transferred", "float", "Q2, sign-invariant: ccc of the source effect and the target ablating the transferred direction"),
+    _c("ccc_transferred_ci_low", "float", "ccc_transferred CI, low end"),
+    _c("ccc_transferred_ci_high", "float", "ccc_transferred CI, high end"),
+    _c("ccc_transferred_null_p", "float", "p of ccc_transferred against the target's random directions"),
+    _c("ccc_transferred_null_q", "float", "Benjamini-Hochberg q of it over the task's ordered off-diagonal cells"),
     _c("naive_logit_rho", "float", "diagnostic: Pearson of raw delta logit(pos) (no margin normalization)"),
     _c("transfer_method", "str", "the label-free map (native on the diagonal)"),
     _c("transfer_r2", "float", "held-out R^2 of the map"),
@@ -95,7 +114,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("cosine_confound", "bool", "flag (see FLAGS)"),
     _c("transfer_at_null", "bool", "flag (see FLAGS)"),
     _c("inert_direction", "bool", "flag (see FLAGS)"),
-    _c("rho_beats_null", "bool", "rho_CE above the whole random-direction null range"),
+    _c("inert_transfer", "bool", "flag (see FLAGS)"),
+    _c("ccc_beats_null", "bool", "Q1: ccc beats the random-direction null after BH (ccc_null_q <= transfer.null_alpha)"),
     _c("flags", "str", "the raised flags, ';'-separated, in FLAGS order"),
     _c("scored", "bool", "counts toward ProbeScore"),
     _c("unscored_reason", "str", "why not, '; '-separated ('' when scored)"),
@@ -107,11 +127,14 @@ COLUMN = {c.name: c for c in COLUMNS}
 # The order is the order of the `flags` column and of the report's legend.
 FLAGS: dict[str, Flag] = {f.name: f for f in (
     Flag("not_same_mechanism", "N", "pooled rho_CE below the threshold"),
-    Flag("label_driven", "L", "pooled rho_CE above the threshold, but its within-class CI reaches below the "
-                              "within-class threshold: the agreement is mostly the label"),
+    Flag("label_driven", "L", "pooled rho_CE above the threshold, but within class the agreement does not beat "
+                              "the within-class random null, or its CI reaches below the within-class threshold: "
+                              "the agreement is mostly the label"),
     Flag("cosine_confound", "C", "high cosine (where defined and above its null) but low rho_CE"),
-    Flag("transfer_at_null", "T", "the transferred probe's AUROC does not beat its null maps"),
+    Flag("transfer_at_null", "T", "the transferred direction's causal agreement with the source (ccc_transferred) "
+                                  "does not beat the target's random directions after BH"),
     Flag("inert_direction", "I", "ablation moves the margin by almost nothing on one side: rho correlates noise"),
+    Flag("inert_transfer", "Z", "the transferred direction moves the target's margin by almost nothing"),
 )}
 
 _KIND_OK = {"str": lambda s: pd.api.types.is_string_dtype(s) or s.isna().all(),

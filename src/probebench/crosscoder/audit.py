@@ -249,7 +249,32 @@ def audit_summary(table: pd.DataFrame, *, cos_threshold: float = 0.7, ce_thresho
         if ce is not None:
             s["median_rho_low"], s["median_rho_high"] = _median_ci(ce[name]["reps_SL"], ok_L, level)
         out[name] = s
+    out["sign"] = sign_disagreements(table, ce_threshold=ce_threshold)
     return out
+
+
+def sign_disagreements(table: pd.DataFrame, *, ce_threshold: float = 0.5) -> dict[str, Any]:
+    """What a sign-blind CE hides: the headline medians of `ce_kl` (published) and `ce_margin`
+    (sign-aware) side by side, the latents `ce_kl` counts as equivalent (>= ce_threshold) whose
+    token-margin effects run the other way in the two models (`ce_margin` < 0), and the Pearson
+    of the two CEs across latents.
+
+    >>> t = pd.DataFrame({"latent": [3, 5, 7], "ce_kl": [0.9, 0.8, 0.2], "ce_margin": [0.7, -0.6, 0.1]})
+    >>> d = sign_disagreements(t); d["n_ce_kl_equivalent_ce_margin_negative"], d["latents"]
+    (1, [5])
+    """
+    if not {"ce_kl", "ce_margin"} <= set(table.columns) or table.empty:
+        return {"n_latents": int(len(table)), "note": "ce_kl or ce_margin missing"}
+    kl_L, margin_L = table["ce_kl"].to_numpy(np.float64), table["ce_margin"].to_numpy(np.float64)
+    hidden = (kl_L >= ce_threshold) & (margin_L < 0)
+    ok = np.isfinite(kl_L) & np.isfinite(margin_L)
+    corr = pearson_rows(kl_L[ok][None], margin_L[ok][None])[0] if ok.sum() > 2 else np.nan
+    return {"median_ce_kl": float(np.nanmedian(kl_L)), "median_ce_margin": float(np.nanmedian(margin_L)),
+            "n_ce_margin_negative": int((margin_L < 0).sum()),
+            "n_ce_kl_equivalent_ce_margin_negative": int(hidden.sum()),
+            "latents": table.loc[hidden, "latent"].astype(int).tolist(),
+            "pearson_ce_kl_ce_margin": None if not np.isfinite(corr) else float(corr),
+            "rule": f"ce_kl >= {ce_threshold} (equivalent under the published statistic) and ce_margin < 0"}
 
 
 def numeric_metrics(summary: dict) -> dict:

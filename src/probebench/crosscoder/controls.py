@@ -5,6 +5,9 @@ or the crosscoder's training?
 (b) `planted_change_control`: base vs a copy that mean-ablates a known subspace downstream of
     the layer; only the latents reading it may lose CE (`planted_subspace_copy` is the synthetic
     variant the unit tests use).
+(c) `sign_reversal_control`: the (base, base) crosscoder with some latents' second decoder
+    negated, so they act with the opposite sign in the second model: a sign-blind CE (KL) keeps
+    them equivalent, the token-margin CE must turn negative.
 """
 
 from __future__ import annotations
@@ -261,4 +264,52 @@ def planted_change_control(cc: CrossCoder, model: PreTrainedModel, tokenizer: Pr
                           "median_effect_retained": float(np.nanmedian(retained_L[a_rows])),
                           **_group_record(ce, a_rows, removed_L, threshold=threshold, readers=False)}
     record["passed"] = all(record[g][name]["passed"] for g in ("readers", "avoiders") for name in CE_DEFINITIONS)
+    return record
+
+
+SIGN_REVERSAL_LATENTS = 8  # latents whose action the control reverses in the second model
+
+
+def sign_reversal_control(cc: CrossCoder, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                          prompts: pd.DataFrame, *, layer: int, threshold: float = 0.5,
+                          n_planted: int = SIGN_REVERSAL_LATENTS, n_resamples: int = 200, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Any]:
+    """Control (c), the sign-reversal known answer. `cc` is a crosscoder of (model, model) at
+    `layer` (control (a)'s); in a copy of it the `n_planted` planted latents get the second
+    model's decoder vector negated, so ablating one of them removes f d in the first model and
+    adds it in the second: the same model, the same firing, the latent acting with the opposite
+    sign. The planted latents are typical ones: those whose mean |token-margin change| when ablated
+    is closest (in log) to the median among the latents firing on >= MIN_FIRING_INPUTS inputs
+    (deterministic; ties by index).
+    KL does not see the sign of a small edit (it is quadratic in it), so `ce_kl` keeps calling
+    them equivalent; `ce_margin` must turn negative. Passes iff more than half of the planted
+    latents get `ce_margin` < 0; reports how many keep `ce_kl` >= `threshold`."""
+    acts_NMD = readout_activations([model], tokenizer, prompts, layers=[layer])[:, [0, 0]]
+    record: dict[str, Any] = {"run": 1, "threshold": threshold, "n_inputs": int(acts_NMD.shape[0]),
+                              "change": "the planted latents' decoder vectors negated for the second model "
+                                        "(model and crosscoder otherwise identical)"}
+    with torch.no_grad():
+        f_NF = cc.eval().encode(torch.as_tensor(acts_NMD)).numpy()
+    cand = np.flatnonzero((f_NF > 0).sum(0) >= MIN_FIRING_INPUTS)
+    if len(cand) < n_planted:
+        return {**record, "passed": False, "reason": f"only {len(cand)} latents fire on {MIN_FIRING_INPUTS}+ inputs; "
+                f"need {n_planted}"}
+    base_eff = latent_effects(cc, [model], tokenizer, prompts, layers=[layer], latents=cand.tolist(),
+                              readout_acts_NMD=acts_NMD)
+    strength_L = np.abs(base_eff["delta_MLN"][0]).astype(np.float64).mean(axis=1)
+    typical_L = np.abs(np.log(strength_L / np.median(strength_L)))  # typical latents, not the extremes
+    planted = np.sort(cand[np.lexsort((cand, typical_L))[:n_planted]])
+    flipped = copy.deepcopy(cc)
+    with torch.no_grad():
+        flipped.W_dec_FMD[torch.as_tensor(planted), 1] *= -1
+    effects = latent_effects(flipped, [model, model], tokenizer, prompts, layers=[layer, layer],
+                             latents=planted.tolist(), readout_acts_NMD=acts_NMD)
+    ce = ce_statistics(effects, n_resamples=n_resamples, seed=seed, level=level)
+    margin_L, kl_L = ce["ce_margin"]["point_L"], ce["ce_kl"]["point_L"]
+    n_caught = int((margin_L < 0).sum())
+    record.update(planted_latents=planted.tolist(), n_planted=int(len(planted)),
+                  ce_margin=[float(x) for x in margin_L], ce_kl=[float(x) for x in kl_L],
+                  median_ce_margin=float(np.nanmedian(margin_L)), median_ce_kl=float(np.nanmedian(kl_L)),
+                  n_caught_by_ce_margin=n_caught, n_equivalent_by_ce_kl=int((kl_L >= threshold).sum()),
+                  passed=bool(2 * n_caught > len(planted)))
     return record

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from probebench.leaderboard.schema import validate_entries
+from probebench.leaderboard.schema import LeaderboardError, check_bundle_id, validate_entries
 
 
 def probe_id(prefix: str, task: str, source: str, layer: int, probe_method: str, transfer_method: str) -> str:
@@ -24,6 +24,30 @@ def probe_id(prefix: str, task: str, source: str, layer: int, probe_method: str,
     'probebench-sentiment-gemma2-it-resid_post.L0-mean_diff-activation_ridge'
     """
     return f"{prefix}-{task}-{source}-resid_post.L{layer}-{probe_method}-{transfer_method}"
+
+
+def check_probe_ids(ids: dict[tuple[str, str], str], *, origin: dict[tuple[str, str], str],
+                    model: dict[str, str]) -> None:
+    """Refuse, before any entry is built, ids that are invalid or that two sources share for the
+    same source model (their entries would collide on the leaderboard key probeId, sourceModel,
+    targetModel). `ids` and `origin` (the params key that set the id) are keyed by (task, source);
+    `model` maps a source to its leaderboard model name.
+
+    >>> ids = {("t", "a"): "x", ("t", "p1"): "alice/x", ("t", "p2"): "alice/x"}
+    >>> check_probe_ids(ids, origin={k: f"probes.{k[1]}" for k in ids}, model={"a": "m", "p1": "m", "p2": "m"})
+    Traceback (most recent call last):
+    ...
+    probebench.leaderboard.schema.LeaderboardError: params.yaml: probes.p1 and probes.p2 both give probeId 'alice/x' for source model 'm', so their leaderboard entries would collide; fix: give each bundle its own id (the `id` in its card) or drop one of probes.p1, probes.p2
+    """
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    for key, pid in ids.items():
+        check_bundle_id(pid, where=f"params.yaml: {origin[key]}")
+        first = seen.setdefault((pid, model[key[1]]), key)
+        if first != key:
+            raise LeaderboardError(f"params.yaml: {origin[first]} and {origin[key]} both give probeId {pid!r} for "
+                                   f"source model {model[key[1]]!r}, so their leaderboard entries would collide; fix: "
+                                   "give each bundle its own id (the `id` in its card) or drop one of "
+                                   f"{origin[first]}, {origin[key]}")
 
 
 def _num(x, fmt: str = ".3f") -> str:
@@ -39,10 +63,15 @@ def notes_line(row) -> str:
     return (f"pearson_ce = matched rho_CE (target's own probe, Q1) {_num(row['pearson'])} "
             f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}] {row['ci_level'] * 100:.0f}% {row['ci_method']} CI, "
             f"random-direction null {_num(row['rho_null_low'], '.2f')}..{_num(row['rho_null_high'], '.2f')}; "
+            f"scale-aware agreement CCC {_num(row['ccc'])} [{_num(row['ccc_ci_low'])}, {_num(row['ccc_ci_high'])}] "
+            f"against a random-direction null (both models) up to {_num(row['ccc_null_high'], '.2f')}, "
+            f"p={_num(row['ccc_null_p'], '.2g')}, BH q={_num(row['ccc_null_q'], '.2g')} over the task's pairs; "
             f"within-class {_num(row['rho_within'])} [{_num(row['rho_within_ci_low'])}, "
             f"{_num(row['rho_within_ci_high'])}]; transferred (Q2, label-free {row['transfer_method']}) "
             f"{_num(row['rho_transferred'])} [{_num(row['rho_transferred_ci_low'])}, "
-            f"{_num(row['rho_transferred_ci_high'])}]; transfer_auroc is the transferred direction's "
+            f"{_num(row['rho_transferred_ci_high'])}], CCC {_num(row['ccc_transferred'])} against the target's "
+            f"random directions q={_num(row['ccc_transferred_null_q'], '.2g')}; transfer_auroc is the transferred "
+            "direction's "
             f"(null p={_num(row['transfer_auroc_null_p'], '.2f')}, native {_num(row['native_auroc'])}); "
             f"N={row['n']}, B={row['n_resamples']}; {scored}; flags: {row['flags'] or 'none'}; {geometry}; "
             f"effect ratio {_num(row['effect_ratio'], '.2f')}; normalization {row['normalization']}; "

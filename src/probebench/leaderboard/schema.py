@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from jsonschema import Draft202012Validator
 from probebench.errors import ProbebenchError
 
 __all__ = [
+    "check_bundle_id",
     "KEY_FIELDS",
     "FIELD_ORDER",
     "LeaderboardError",
@@ -49,6 +52,55 @@ FIELD_ORDER: tuple[str, ...] = (
 
 class LeaderboardError(ProbebenchError):
     """A leaderboard input or target file is invalid; the message is one line and says the fix."""
+
+
+# --------------------------------------------------------------------------------------
+# Bundle ids
+# --------------------------------------------------------------------------------------
+
+ID_MAX_LENGTH = 200
+
+
+def _id_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if len(value) > ID_MAX_LENGTH:
+        return f"is {len(value)} characters long (at most {ID_MAX_LENGTH})"
+    for ch in value:
+        if unicodedata.category(ch)[0] == "C":
+            return f"contains the control character U+{ord(ch):04X}"
+        if ch.isspace() or unicodedata.category(ch)[0] == "Z":
+            return "contains whitespace"
+    if value.startswith("-"):
+        return "starts with '-' (command lines read it as an option)"
+    if "\\" in value:
+        return "contains a backslash"
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        return "is path-like (a leading, trailing or doubled '/', or a '.' or '..' segment)"
+    return None
+
+
+def check_bundle_id(value: Any, *, where: str) -> str:
+    """`value` if it is a probe id the site can show, link to and key rows by: a non-empty string
+    of at most 200 printable characters without whitespace or backslashes, not starting with '-',
+    whose '/'-separated parts (an owner prefix, as in alice/sentiment-probe) are neither empty nor
+    '.' or '..'. Checked where ids are written (emit) and read (the YAML, `leaderboard apply`).
+
+    >>> check_bundle_id("alice/sentiment-llama", where="card.json")
+    'alice/sentiment-llama'
+    >>> check_bundle_id("a/../b", where="card.json")
+    Traceback (most recent call last):
+    ...
+    probebench.leaderboard.schema.LeaderboardError: card.json: probeId 'a/../b' is path-like (a leading, trailing or doubled '/', or a '.' or '..' segment); fix: use letters, digits and . _ - (with an optional owner/ prefix), e.g. 'a-b'
+    """
+    problem = _id_problem(value)
+    if problem is None:
+        return value
+    suggestion = (re.sub(r"-{2,}", "-", re.sub(r"[^\w.-]+|\.{2,}", "-", value)).strip("-.")[:ID_MAX_LENGTH]
+                  if isinstance(value, str) else "")
+    example = f", e.g. {suggestion!r}" if suggestion else ""
+    raise LeaderboardError(f"{where}: probeId {value!r} {problem}; fix: use letters, digits and . _ - (with an "
+                           f"optional owner/ prefix){example}")
 
 
 # --------------------------------------------------------------------------------------
@@ -150,6 +202,7 @@ def validate_entries(entries: list[dict], *, source: str) -> None:
             msg = _schema_error_message(errors[0], entry, allowed, required)
             more = f" ({len(errors) - 1} more problem(s) in this entry)" if len(errors) > 1 else ""
             raise LeaderboardError(f"{label}: {msg}{more}")
+        check_bundle_id(entry["probeId"], where=f"{source}: entry {i}")
         for k in ("pearson_ce", "transfer_auroc"):
             if k in entry and not math.isfinite(entry[k]):
                 raise LeaderboardError(

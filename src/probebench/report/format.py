@@ -17,7 +17,8 @@ import pandas as pd
 from probebench.cells.schema import FLAGS
 
 # One letter per flag (the cell contract's), drawn in the heatmap cells, in the legend's order.
-LEGEND_ORDER = ("not_same_mechanism", "label_driven", "transfer_at_null", "cosine_confound", "inert_direction")
+LEGEND_ORDER = ("not_same_mechanism", "label_driven", "transfer_at_null", "cosine_confound", "inert_direction",
+                "inert_transfer")
 FLAG_CODES = {name: FLAGS[name].code for name in LEGEND_ORDER}
 FLAG_MEANING = {name: FLAGS[name].meaning for name in LEGEND_ORDER}
 
@@ -149,18 +150,17 @@ def _prepare_cells(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _beats_rho_null(off: pd.DataFrame) -> pd.Series | None:
-    """rho_CE above the whole random-direction null range (the matrix stage's `rho_beats_null`
-    when it wrote one, so the page and metrics/matrix.json count the same cells)."""
-    if "rho_beats_null" in off.columns:
-        return off["rho_beats_null"].fillna(False).astype(bool)
-    if not _has(off, "rho_null_high"):
-        return None
-    return (off["pearson"] > off["rho_null_high"]) & off["rho_null_high"].notna()
+    """Q1 beats the random-direction null: the matrix stage's `ccc_beats_null` (CCC against the
+    symmetric null, BH over unordered pairs), so the page and metrics/matrix.json count the same
+    cells; None for a table without it."""
+    if "ccc_beats_null" in off.columns:
+        return off["ccc_beats_null"].fillna(False).astype(bool)
+    return None
 
 
 def _beats_auroc_null(off: pd.DataFrame) -> pd.Series | None:
-    """The transferred probe beats its null maps: the matrix stage's `transfer_at_null` flag, not
-    raised (the rule lives in probebench.cells.rules, applied once)."""
-    if "transfer_at_null" not in off.columns or not _has(off, "transfer_auroc_null_p"):
+    """The transferred direction lands: the matrix stage's `transfer_at_null` flag, not raised
+    (the rule lives in probebench.cells.rules, applied once)."""
+    if "transfer_at_null" not in off.columns or not _has(off, "ccc_transferred_null_p"):
         return None
     return ~off["transfer_at_null"].astype(bool)

@@ -193,14 +193,19 @@ def _headline_text(cells: pd.DataFrame, tasks: list[str], thresholds: dict) -> s
             absent.add("within-class rho_CE")
         rho_null = _beats_rho_null(off)
         if rho_null is not None:
-            s += f"; in {int(rho_null.sum())}/{n} cells rho_CE lies above the random-direction null range"
+            pairs = off[(off["source"] < off["target"]) & ~off.get("imported", pd.Series(False, index=off.index))]
+            s += (f"; over the {len(pairs)} unordered pairs (Q1 is symmetric) the scale-aware agreement (CCC) has "
+                  f"median <b>{pairs['ccc'].median():.2f}</b> against a random-direction null reaching "
+                  f"{pairs['ccc_null_high'].median():.2f} (median of the pairs' highest draw), and "
+                  f"<b>{int(rho_null[pairs.index].sum())}/{len(pairs)}</b> pairs beat it (Benjamini-Hochberg)")
         else:
-            absent.add("the random-direction null of rho_CE")
+            absent.add("the random-direction null of the causal agreement")
         auroc_null = _beats_auroc_null(off)
         if auroc_null is not None:
-            s += f"; the transferred probe beats its null maps in {int(auroc_null.sum())}/{n}"
+            s += (f"; the transferred direction (Q2) agrees with the source beyond the target's random directions "
+                  f"in {int(auroc_null.sum())}/{n} ordered cells")
         else:
-            absent.add("the null maps of the transfer AUROC")
+            absent.add("the random-direction test of the transferred direction")
         counts = pd.Series([f for fl in off["flag_list"] for f in fl], dtype=object).value_counts()
         if len(counts):
             s += ". Flags: " + ", ".join(f"{int(c)} {_esc(f)}" for f, c in counts.items())
@@ -381,13 +386,16 @@ def _cell_table(off: pd.DataFrame, task: str) -> str:
 
     cols: dict[str, pd.Series] = {"source": off["source"], "target": off["target"]}
     for name, prefix, est in (("pooled rho_CE [CI]", "", "pearson"), ("within-class [CI]", "rho_within", "rho_within"),
-                              ("transferred [CI]", "rho_transferred", "rho_transferred")):
+                              ("transferred [CI]", "rho_transferred", "rho_transferred"), ("CCC [CI]", "ccc", "ccc"),
+                              ("CCC within [CI]", "ccc_within", "ccc_within"),
+                              ("CCC transferred [CI]", "ccc_transferred", "ccc_transferred")):
         s = ci(prefix, est)
         if s is not None:
             cols[name] = s
     if _has(off, "rho_null_low", "rho_null_high"):
-        cols["random-dir null"] = [f"{a:.2f} to {b:.2f}" for a, b in zip(off["rho_null_low"], off["rho_null_high"])]
-    for name, col in (("naive rho", "naive_logit_rho"), ("transfer AUROC", "transfer_auroc"),
+        cols["random-dir null (rho)"] = [f"{a:.2f} to {b:.2f}" for a, b in zip(off["rho_null_low"], off["rho_null_high"])]
+    for name, col in (("CCC null max", "ccc_null_high"), ("CCC p", "ccc_null_p"), ("CCC q (pairs)", "ccc_null_q"),
+                      ("transferred CCC q", "ccc_transferred_null_q"), ("naive rho", "naive_logit_rho"), ("transfer AUROC", "transfer_auroc"),
                       ("AUROC null p", "transfer_auroc_null_p"), ("cosine", "cosine"),
                       ("cosine null p", "cosine_null_p"), ("effect ratio", "effect_ratio")):
         if col in off.columns:
@@ -420,6 +428,18 @@ def _crosscoder_section(page: _Page, metrics: dict[str, dict] | None, latents: p
     page.add("<p>Decoder cosine vs causal equivalence (CE) of shared crosscoder latents between the base and chat "
              "models, with the audit's controls. Every number the audit wrote is listed, grouped by name, so a new "
              "control or protocol appears here without a change to the page.</p>")
+    for source in sorted(metrics):
+        sign, rev = metrics[source].get("sign") or {}, (metrics[source].get("controls") or {}).get("sign_reversal") or {}
+        if "median_ce_kl" in sign and "median_ce_margin" in sign:
+            text = (f"<p><b>Headline</b> ({_esc(source)}): median CE <b>{sign['median_ce_kl']:.3f}</b> under the "
+                    f"published, sign-blind statistic (ce_kl) and <b>{sign['median_ce_margin']:.3f}</b> under the "
+                    f"sign-aware one (ce_margin); {sign.get('n_ce_kl_equivalent_ce_margin_negative', 0)} latents that "
+                    "ce_kl counts as equivalent act with the opposite sign in the two models (ce_margin &lt; 0)")
+            if "n_planted" in rev:
+                text += (f". Sign-reversal control: of {rev['n_planted']} latents made to act with the opposite sign, "
+                         f"ce_kl calls {rev.get('n_equivalent_by_ce_kl', 0)} equivalent and ce_margin catches "
+                         f"{rev.get('n_caught_by_ce_margin', 0)}")
+            page.add(text + ".</p>")
     flat: dict[str, float] = {}
     tables = []
     for source in sorted(metrics):

@@ -170,7 +170,14 @@ def plan_target(target: str, task: str, inp: PlanInputs) -> TargetPlan:
         src_dir = np.asarray(src_dir, dtype=np.float64)
         info: dict = {"native_auroc": native_auroc, "source_model": src_model,
                       "shared_basis": bool(src_model != target and inp.share_basis(src_model, target))}
-        if info["shared_basis"] and src_dir.shape == native_D.shape:
+        if info["shared_basis"] and src_dir.shape != native_D.shape:
+            # `probebench check` refuses this where both widths are known before compute (config.json,
+            # zoo params); a downloaded or imported model's width is first known here.
+            raise PlanError(f"models {src_model} and {target} share a residual basis by their basis keys "
+                            f"(models.{src_model}.basis / models.{target}.basis in params.yaml) but have d_model "
+                            f"{src_dir.size} and {native_D.size}; models sharing a basis have one width: remove the "
+                            "basis key that joins them")
+        if info["shared_basis"]:
             # Same residual basis: the raw cosine of the two native probes is geometry.
             info["cosine_native"] = cosine(src_dir, native_D)
             null = random_directions(native_D.size, max(inp.n_null, 1), stable_seed(inp.seed, task, target, "cos"))
