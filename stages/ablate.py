@@ -79,7 +79,7 @@ def main(params: Params, argv: list[str]) -> None:
         plan = plan_target(target, task, PlanInputs(
             models=tuple(params.models), directions=ti.directions, acts=ti.acts, test_N=ti.test_N, y_N=ti.y_N,
             share_basis=params.share_basis, method=tr.method, alpha=tr.alpha, n_null=tr.n_null,
-            n_random=params.ablate.n_random, seed=params.seed, mean_rows_N=ti.probe_rows_N, imported=ti.imported,
+            n_random=params.ablate.n_random if mp.n_random is None else mp.n_random, seed=params.seed, mean_rows_N=ti.probe_rows_N, imported=ti.imported,
             massive_factor=params.ablate.massive_factor))
         massive[task] = plan.massive_dims
         transfers[task] = plan.transfers

@@ -116,3 +116,42 @@ def test_special_tokens_are_not_edited_unless_asked(tiny_models):
     special = ablation_effects(model, tok, PROMPTS, layer=1, dirs_KD=u, spec=AblationSpec(edit_special=True))
     assert not np.allclose(default["ablated_margin_KN"], special["ablated_margin_KN"])
     np.testing.assert_array_equal(default["clean_margin_N"], special["clean_margin_N"])
+
+
+FRAMED = build_synthetic(SyntheticTaskSpec("sentiment", "sentiment", n_train=40, n_test=20))
+
+
+@pytest.mark.parametrize("spec", [AblationSpec(), AblationSpec(positions="readout"), AblationSpec(layers="from_layer"),
+                                  AblationSpec(mode="mean", positions="readout"), AblationSpec(edit_special=True)])
+def test_shared_prefix_cache_equals_running_every_framed_prompt_whole(tiny_models, spec, monkeypatch):
+    from probebench.models.extract import drop_shared_prefix, encode_prompts, shared_prefix
+    from probebench.prompts import few_shot_prefix
+
+    prefix = few_shot_prefix(FRAMED, (FRAMED.split == "train").to_numpy(), k=2)
+    test = FRAMED.query("split == 'test'").reset_index(drop=True)
+    for family, (model, tok) in tiny_models.items():
+        shared = shared_prefix(tok, prefix, test.text[0])
+        batch = encode_prompts(tok, test.text.tolist(), test.anchor.tolist(), prefix=prefix)
+        assert shared is not None and drop_shared_prefix(batch, shared).n_past == shared.n > 10  # the cache is used
+        d = model.config.get_text_config().hidden_size
+        kw = dict(layer=1, dirs_KD=np.random.default_rng(0).normal(size=(3, d)), spec=spec,
+                  mus_K=np.random.default_rng(1).normal(size=3), batch_size=8, prefix=prefix)
+        for engine in ("prefix", "hooks"):
+            monkeypatch.setenv("PROBEBENCH_PREFIX_CACHE", "0")
+            whole = ablation_effects(model, tok, test, engine=engine, **kw)
+            monkeypatch.setenv("PROBEBENCH_PREFIX_CACHE", "1")
+            cached = ablation_effects(model, tok, test, engine=engine, **kw)
+            for key in whole:
+                assert np.abs(whole[key] - cached[key]).max() <= 1e-5, (family, spec, engine, key)
+            assert np.abs(cached["ablated_margin_KN"] - cached["clean_margin_N"]).max() > 1e-4, family
+
+
+def test_a_batch_that_does_not_share_the_prefix_is_run_whole(tiny_models):
+    from probebench.models.extract import drop_shared_prefix, encode_prompts, shared_prefix
+
+    _, tok = tiny_models["llama"]
+    test = FRAMED.query("split == 'test'").reset_index(drop=True)
+    shared = shared_prefix(tok, "the movie was great . verdict : yes\n", test.text[0])
+    other = encode_prompts(tok, test.text[:2].tolist(), test.anchor[:2].tolist(), prefix="the book was bad . verdict : no\n")
+    assert drop_shared_prefix(other, shared) is None
+    assert shared_prefix(tok, "", test.text[0]) is None and drop_shared_prefix(other, None) is None

@@ -134,3 +134,22 @@ def test_a_prefix_that_swallows_the_readout_is_refused():
     with pytest.raises(CheckpointError, match="starts inside the prefix"):
         encode_prompts(tok, ["od was great"], [1], prefix="the fo")
     encode_prompts(tok, ["od was great"], [1], prefix="the fo\n")  # a separator keeps it in the text
+
+
+def test_extract_with_the_shared_prefix_cache_equals_whole_framed_prompts(tiny_models, monkeypatch):
+    import numpy as np
+
+    from probebench.models.extract import extract
+    from probebench.prompts import SyntheticTaskSpec, build_synthetic, few_shot_prefix
+
+    df = build_synthetic(SyntheticTaskSpec("consistency", "consistency", n_train=40, n_test=20))
+    prefix = few_shot_prefix(df, (df.split == "train").to_numpy(), k=2)
+    test = df.query("split == 'test'").reset_index(drop=True)
+    rows = np.arange(len(test)) % 3 == 0
+    for family, (model, tok) in tiny_models.items():
+        monkeypatch.setenv("PROBEBENCH_PREFIX_CACHE", "0")
+        whole = extract(model, tok, test, layer=1, batch_size=8, prefix=prefix, word_end_rows=rows)
+        monkeypatch.setenv("PROBEBENCH_PREFIX_CACHE", "1")
+        cached = extract(model, tok, test, layer=1, batch_size=8, prefix=prefix, word_end_rows=rows)
+        for key in whole:
+            assert whole[key].shape == cached[key].shape and np.abs(whole[key] - cached[key]).max() <= 1e-5, (family, key)

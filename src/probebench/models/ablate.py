@@ -34,11 +34,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from probebench.errors import ProbebenchError
 from probebench.models.extract import (
     PromptBatch,
+    SharedPrefix,
     check_finite,
     class_token_ids,
+    drop_shared_prefix,
     encode_prompts,
+    expand_cache,
     margin_stats,
+    prefix_cache,
+    prefix_cache_enabled,
     readout_only_logits,
+    shared_prefix,
 )
 from probebench.models.load import block_output, decoder_blocks, hooks, replace_block_output
 
@@ -218,10 +224,20 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             return [(blocks[layer], _edit_hook(dirs, chunk_mus, where_BP, B)), *later]
         return later
 
+    def make_prefix_hooks(shared: SharedPrefix, k0, k):
+        """Hooks that edit the shared framing prefix for directions k0..k0+k (rows: one per
+        direction), or None when the spec leaves the prefix alone (the readout is in the task text)."""
+        if spec.positions == "readout":
+            return None
+        dirs = units_KD[k0: k0 + k]
+        edit_1P = None if spec.edit_special else ~shared.special_P[None].to(device)
+        edited = range(layer, len(blocks)) if spec.layers == "from_layer" else (layer,)
+        return [(blocks[i], _edit_hook(dirs, None, edit_1P, 1)) for i in edited]
+
     return _edit_passes(model, tokenizer, prompts, layer=layer, n_edits=len(units_KD),
                         make_resid=make_resid if engine == "prefix" else None, make_hooks=make_hooks,
                         batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, where=where, progress=progress,
-                        prefix=prefix)
+                        prefix=prefix, make_prefix_hooks=make_prefix_hooks)
 
 
 @torch.no_grad()
@@ -254,10 +270,17 @@ def _device_dtype(model: PreTrainedModel) -> tuple[torch.device, torch.dtype]:
 
 
 def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_hooks, batch_size,
-                 memory_budget_bytes, where, progress, with_kl=False, prefix: str = "") -> dict[str, np.ndarray]:
+                 memory_budget_bytes, where, progress, with_kl=False, prefix: str = "",
+                 make_prefix_hooks=None) -> dict[str, np.ndarray]:
     """The shared loop: per prompt batch one clean pass (capturing block `layer`'s output), then
     per chunk of edits either the suffix only with the edited residual injected (`make_resid`,
-    prefix reuse) or a full forward with the edit hooks (`make_resid=None`)."""
+    prefix reuse) or a full forward with the edit hooks (`make_resid=None`).
+
+    With a framing `prefix` the tokens every prompt shares run once into a KV cache: clean for
+    the clean pass, and per chunk of edits once more with the edits applied to the prefix
+    (`make_prefix_hooks`; None: the prefix is not edited, the clean cache serves), so each prompt
+    runs only its own tokens. Blocks up to `layer` keep the clean prefix's keys and values (an
+    edit of block `layer`'s output does not reach them)."""
     blocks = decoder_blocks(model)
     if not 0 <= layer < len(blocks):
         raise AblationError(f"{where}: layer {layer} out of range for {len(blocks)} blocks")
@@ -267,9 +290,12 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
     keys = ("margin", "logit_pos", "logprob_pos")
     clean = {k: [] for k in keys}
     ablated = {k: [] for k in (*keys, "kl")}
+    shared = shared_prefix(tokenizer, prefix, texts[0]) if texts and prefix and prefix_cache_enabled(model) else None
+    clean_cache = prefix_cache(model, shared) if shared is not None else None
     for start in range(0, len(texts), batch_size):
         rows = slice(start, start + batch_size)
         batch = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows], prefix=prefix).to(device)
+        batch = drop_shared_prefix(batch, shared) or batch
         B = batch.ids_BP.shape[0]
         captured: dict = {}
 
@@ -277,8 +303,18 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
             captured["resid_BPD"] = block_output(output)
             captured["as_tuple"] = isinstance(output, tuple)
 
+        def chunk_cache(k0: int, k: int):
+            """The prefix's KV cache for k edits x B prompts (direction-major rows), or None."""
+            if not batch.n_past:
+                return None
+            prefix_hooks = None if make_prefix_hooks is None else make_prefix_hooks(shared, k0, k)
+            if prefix_hooks is None:
+                return expand_cache(clean_cache, k * B)
+            return expand_cache(prefix_cache(model, shared, hook_list=prefix_hooks, k=k), B)
+
         with hooks([(blocks[layer], capture)]):
-            clean_BV = readout_only_logits(model, batch).float()
+            clean_BV = readout_only_logits(model, batch, past_key_values=expand_cache(clean_cache, B)
+                                           if batch.n_past else None).float()
         clean_stats = margin_stats(clean_BV, pos, neg)
         check_finite("clean logits", clean_stats["margin"], where=where)
         for key in keys:
@@ -288,14 +324,15 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
         chunks = {key: [] for key in ablated}
         for k0 in range(0, n_edits, k_step):
             k = min(k_step, n_edits - k0)
+            cache = chunk_cache(k0, k)
             if make_resid is None:
                 with hooks(make_hooks(batch, k0, k)):
-                    logits_kBV = readout_only_logits(model, batch, k=k)
+                    logits_kBV = readout_only_logits(model, batch, k=k, past_key_values=cache)
             else:
                 resid_kBPD = make_resid(captured["resid_BPD"], batch, rows, k0, k)
                 with prefix_stubs(model, layer, captured["as_tuple"]) as inject, hooks(make_hooks(batch, k0, k)):
                     inject.resid = resid_kBPD.reshape(k * B, *resid_kBPD.shape[2:])
-                    logits_kBV = readout_only_logits(model, batch, k=k)
+                    logits_kBV = readout_only_logits(model, batch, k=k, past_key_values=cache)
             stats = margin_stats(logits_kBV, pos, neg)
             check_finite("ablated logits", stats["margin"], where=where)
             for key in keys:

@@ -11,6 +11,7 @@ piece of text in every tokenizer, whatever the padding side or BOS.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -40,15 +41,98 @@ class PromptBatch:
     mask_BP: torch.Tensor
     readout_B: torch.Tensor
     special_BP: torch.Tensor
+    n_past: int = 0  # tokens before these ones held in a KV cache (a shared framing prefix)
 
     @property
     def position_ids_BP(self) -> torch.Tensor:
         # Derived from the mask so left padding does not shift learned absolute positions.
-        return (self.mask_BP.cumsum(-1) - 1).clamp(min=0)
+        return (self.mask_BP.cumsum(-1) - 1).clamp(min=0) + self.n_past
+
+    @property
+    def attention_mask_BP(self) -> torch.Tensor:
+        """The mask the model needs: the cached past (all real tokens) and then these tokens."""
+        if not self.n_past:
+            return self.mask_BP
+        past = torch.ones((self.mask_BP.shape[0], self.n_past), dtype=self.mask_BP.dtype, device=self.mask_BP.device)
+        return torch.cat([past, self.mask_BP], dim=1)
 
     def to(self, device) -> "PromptBatch":
         return PromptBatch(self.ids_BP.to(device), self.mask_BP.to(device), self.readout_B.to(device),
-                           self.special_BP.to(device))
+                           self.special_BP.to(device), self.n_past)
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """The leading tokens every framed prompt of a task shares (BOS and the solved examples), run
+    once into a KV cache instead of once per prompt and per ablated direction. `ids_P` and
+    `special_P` are those tokens as the framed prompts encode them (only tokens that lie wholly in
+    the prefix, so the task text's tokenization cannot change them); a batch whose rows do not all
+    start with them is run whole (`drop_shared_prefix` returns None)."""
+
+    ids_P: torch.Tensor
+    special_P: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.ids_P.shape[0])
+
+
+def shared_prefix(tokenizer: PreTrainedTokenizerBase, prefix: str, text: str) -> SharedPrefix | None:
+    """The tokens of `prefix + text` that end inside `prefix` (None without a prefix)."""
+    if not prefix:
+        return None
+    enc = tokenizer(prefix + text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    n = 0
+    for (start, end), special in zip(enc["offset_mapping"], enc["special_tokens_mask"]):
+        if end > len(prefix) - 1 and not (special and end <= start):  # keep one character of margin
+            break
+        n += 1
+    if n == 0:
+        return None
+    return SharedPrefix(torch.tensor(enc["input_ids"][:n]), torch.tensor(enc["special_tokens_mask"][:n], dtype=torch.bool))
+
+
+def drop_shared_prefix(batch: PromptBatch, shared: SharedPrefix | None) -> PromptBatch | None:
+    """`batch` without its first `shared.n` tokens (to run after a KV cache of them), or None when
+    some row does not start with exactly those tokens (right padding: every row starts at 0)."""
+    if shared is None:
+        return None
+    n = shared.n
+    if batch.ids_BP.shape[1] <= n or bool((batch.readout_B < n).any()):
+        return None
+    if not bool((batch.ids_BP[:, :n] == shared.ids_P.to(batch.ids_BP.device)).all()) or not bool(batch.mask_BP[:, :n].all()):
+        return None
+    return PromptBatch(batch.ids_BP[:, n:], batch.mask_BP[:, n:], batch.readout_B - n, batch.special_BP[:, n:], n)
+
+
+def prefix_cache(model: PreTrainedModel, shared: SharedPrefix, *, hook_list: Sequence = (), k: int = 1):
+    """The KV cache of the shared prefix, batch k (one row per direction when `hook_list` edits k
+    directions on a [k, P, D] block output)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    ids = shared.ids_P.to(device)[None].repeat(k, 1)
+    try:
+        cache = DynamicCache(config=model.config)  # sliding-window layers where the model has them
+    except TypeError:  # transformers < 4.56
+        cache = DynamicCache()
+    keep = {"logits_to_keep": 1} if _supports_2d_logits_to_keep(model) else {}
+    with hooks(list(hook_list)), _past_key_values_accepted():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids),
+              position_ids=torch.arange(ids.shape[1], device=device)[None].repeat(k, 1), past_key_values=cache,
+              use_cache=True, **keep)
+    return cache
+
+
+def expand_cache(cache, repeats: int):
+    """A copy of `cache` with every row repeated `repeats` times (row-major: row j -> rows
+    j*repeats .. j*repeats + repeats - 1), which a forward pass may extend in place."""
+    import copy
+
+    out = copy.deepcopy(cache)
+    if repeats > 1:
+        out.batch_repeat_interleave(repeats)
+    return out
 
 
 def anchor_token_index(offsets: Sequence[tuple[int, int]], special: Sequence[int], anchor: int, *, where: str) -> int:
@@ -183,17 +267,44 @@ def _supports_2d_logits_to_keep(model: PreTrainedModel) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def readout_only_logits(model: PreTrainedModel, batch: PromptBatch, *, input_ids=None, k: int = 1) -> torch.Tensor:
+def readout_only_logits(model: PreTrainedModel, batch: PromptBatch, *, input_ids=None, k: int = 1,
+                        past_key_values=None) -> torch.Tensor:
     """Logits at each row's readout token, [k*B, V]; only those positions are unembedded when the
-    model supports it (a 256k vocab times every position is most of the memory otherwise)."""
+    model supports it (a 256k vocab times every position is most of the memory otherwise). With
+    `past_key_values` (a cache of `batch.n_past` shared tokens, k*B rows) only the batch's own
+    tokens are run."""
     ids = batch.ids_BP.repeat(k, 1) if input_ids is None else input_ids
     readout = batch.readout_B.repeat(k)
-    kwargs = dict(attention_mask=batch.mask_BP.repeat(k, 1), position_ids=batch.position_ids_BP.repeat(k, 1),
-                  use_cache=False)
+    kwargs = dict(attention_mask=batch.attention_mask_BP.repeat(k, 1), position_ids=batch.position_ids_BP.repeat(k, 1),
+                  use_cache=past_key_values is not None)
+    if past_key_values is not None:
+        kwargs["past_key_values"] = past_key_values
+    with _past_key_values_accepted():
+        return _readout_only_logits(model, ids, readout, kwargs)
+
+
+@contextlib.contextmanager
+def _past_key_values_accepted():
+    # transformers 5.2x renames the forward's `past_key_values` to `cache` (the old name works until
+    # 5.40, with a FutureWarning per call); the old name is the one every supported version takes
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        yield
+
+
+def _readout_only_logits(model: PreTrainedModel, ids, readout, kwargs) -> torch.Tensor:
     if _supports_2d_logits_to_keep(model):
         logits = model(input_ids=ids, logits_to_keep=readout[:, None], **kwargs).logits
         return logits[:, 0]
     return readout_logits(model(input_ids=ids, **kwargs).logits, readout)
+
+
+def prefix_cache_enabled(model: PreTrainedModel) -> bool:
+    """Whether the shared-prefix KV cache is used: unless PROBEBENCH_PREFIX_CACHE is 0 (the
+    whole-prompt path, kept to compare against in tests and benchmarks/prefix_cache.py)."""
+    import os
+
+    return os.environ.get("PROBEBENCH_PREFIX_CACHE", "1") != "0"
 
 
 def readout_logits(logits_BPV: torch.Tensor, readout_B: torch.Tensor) -> torch.Tensor:
@@ -241,11 +352,20 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     out: dict[str, list[np.ndarray]] = {"acts": [], "margin": [], "logit_pos": [], "logprob_pos": []}
     texts, anchors, ids = prompts["text"].tolist(), prompts["anchor"].tolist(), prompts["id"].tolist()
     wordend: dict[str, list] = {"acts": [], "row": [], "char": []}
+    # the framing prefix is the same in every prompt: run it once into a KV cache
+    shared = shared_prefix(tokenizer, prefix, texts[0]) if texts and prefix_cache_enabled(model) else None
+    clean_cache = prefix_cache(model, shared) if shared is not None else None
     with hooks([(block, capture)]):
         for start in range(0, len(texts), batch_size):
             sl = slice(start, start + batch_size)
             batch = encode_prompts(tokenizer, texts[sl], anchors[sl], ids=ids[sl], prefix=prefix).to(device)
-            readout_BV = readout_only_logits(model, batch)  # only the readout rows are unembedded
+            suffix = drop_shared_prefix(batch, shared)
+            if suffix is None:
+                readout_BV = readout_only_logits(model, batch)  # only the readout rows are unembedded
+            else:
+                batch = suffix
+                readout_BV = readout_only_logits(model, batch,
+                                                 past_key_values=expand_cache(clean_cache, batch.ids_BP.shape[0]))
             resid_BPD = captured.pop("resid_BPD")
             acts_BD = readout_logits(resid_BPD, batch.readout_B).float()
             if word_end_rows is not None:
@@ -254,6 +374,7 @@ def extract(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
                         # right padding: unpadded token indices are the batch's indices
                         tok = word_end_tokens(tokenizer, texts[row], anchors[row], where=f"{where} prompt {ids[row]}",
                                               prefix=prefix)
+                        tok = [t - batch.n_past for t in tok]  # word ends lie in the task text, after the prefix
                         wordend["acts"].append(resid_BPD[b, tok].float().cpu().numpy())
                         wordend["row"].extend([row] * len(tok))
                         wordend["char"].extend(word_end_anchors(texts[row], anchors[row]))

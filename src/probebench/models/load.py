@@ -27,7 +27,7 @@ BLOCK_PATHS = {
 }
 # Final norm applied before the unembedding (needed to rebuild logits from a residual).
 FINAL_NORM_PATHS = {"gpt2": "transformer.ln_f", "gptj": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelError(ProbebenchError):
