@@ -30,6 +30,7 @@ from probebench.prompts import PromptSetError, SyntheticTaskSpec, build_syntheti
 from probebench.zoo.train import train_tokenizer
 
 from tests.conftest import tiny_model
+from tests.support.check import check_fails, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -40,24 +41,6 @@ def project_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def snapshot(root: Path) -> dict[str, float]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
-
-
-def check_fails(tmp_path: Path, raw: dict | str, *needles: str):
-    """`probebench check` on these params: exit 2, exactly one output line holding every needle,
-    and the directory left exactly as it was."""
-    path = tmp_path / "params.yaml"
-    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-    before = snapshot(tmp_path)
-    result = runner.invoke(cli.app, ["check", str(path)])
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert snapshot(tmp_path) == before
-    return lines[0]
 
 
 def check_passes(tmp_path: Path, raw: dict):

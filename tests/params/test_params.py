@@ -20,7 +20,7 @@ def test_project_params_are_valid():
     (lambda r: r["zoo"]["models"]["llama-s"].update(famly="llama"), r"zoo.models.llama-s.famly: unknown key"),
     (lambda r: r["zoo"]["models"]["llama-s"].update(family="mamba"), r"zoo.models.llama-s.family: unknown architecture family 'mamba'"),
     (lambda r: r["zoo"]["models"]["llama-s"].update(steps="many"), r"zoo.models.llama-s.steps"),
-    (lambda r: r["models"].update({"gemma-2.2b": {"path": "x"}}), r"'gemma-2.2b' must be a slug without '.'"),
+    (lambda r: r["models"].update({"gemma-2.2b": {"path": "x"}}), r"models key 'gemma-2.2b' must be a slug of letters, digits, '_' and '-'"),
     (lambda r: r["tasks"]["sentiment"].update(file="x.jsonl"), r"tasks.sentiment: give exactly one of kind"),
     (lambda r: r.update(bootstrapp={}), r"bootstrapp: unknown key"),
     (lambda r: r["ablate"].update(mode="zero") if "ablate" in r else r.update(ablate={"mode": "zero"}), r"ablate.mode"),

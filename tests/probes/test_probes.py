@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from probebench.probes.fit import (
+    LOGREG_TOL,
     Probe,
     ProbeError,
     ProbeFitError,
@@ -84,8 +85,8 @@ def test_logreg_fold_equals_sklearn_pipeline():
     X, y, _ = planted(600, seed=4, noise=1.0, offset=True)
     X[:, 5] = 7.0  # a zero-variance feature: StandardScaler maps its scale to 1
     probe = fit_probe(X, y, method="logreg", C=0.3, seed=0)
-    pipe = make_pipeline(
-        StandardScaler(), LogisticRegression(C=0.3, solver="lbfgs", max_iter=2000, random_state=0)
+    pipe = make_pipeline(  # the same objective and solver as fit_probe, which fits it to the optimum
+        StandardScaler(), LogisticRegression(C=0.3, solver="newton-cholesky", tol=LOGREG_TOL, max_iter=100)
     ).fit(X.astype(np.float64), y)
     Xt, _, _ = planted(500, seed=5, noise=1.0, offset=True)
     ref = pipe.decision_function(Xt.astype(np.float64))

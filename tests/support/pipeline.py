@@ -36,8 +36,8 @@ def tiny_params() -> dict:
         params[key] = {**params[key], **value} if key == "zoo" else value
     params["bootstrap"]["n_resamples"] = 50
     params["matrix"]["min_n"] = 40
-    params["transfer"]["n_null"] = 4
-    params["ablate"]["n_random"] = 2
+    params["transfer"]["n_null"] = 10  # the smallest that can reach null_alpha 0.05 (probebench check)
+    params["ablate"]["n_random"] = 8  # the fewest a fitted null takes
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
     params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=32, k=8, steps=300, batch_size=64, top_k=5,
                                 rel_norm_band=[0.0, 1.0], source="train",

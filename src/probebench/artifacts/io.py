@@ -19,6 +19,56 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file, save
 
+from probebench.errors import InputFileError
+
+
+class OutputNotWritableError(InputFileError):
+    """An output a stage is about to replace cannot be written: refused before anything is removed."""
+
+
+def unwritable(path: str | Path, *, check_mode: bool = True) -> tuple[str, Path] | None:
+    """Why `path` (a file or directory about to be replaced) cannot be written and what to make
+    writable, or None if it can be.
+
+    A file or directory without write permission bits counts as read-only even for root (someone
+    made it so on purpose); `check_mode=False` skips that for outputs DVC links read-only from its
+    cache itself. The nearest existing directory above `path` must be writable: the replacement is
+    renamed into it.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.csv").write_text("x")
+    >>> (d / "a.csv").chmod(0o444)
+    >>> unwritable(d / "a.csv")[0]
+    'read-only (mode 444)'
+    >>> unwritable(d / "new" / "b.csv") is None
+    True
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return None   # a dangling link (DVC's symlink cache) is replaced, not written through
+    if path.exists() and check_mode:
+        mode = path.stat().st_mode & 0o777
+        if not mode & 0o222 or not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            return f"read-only (mode {mode:o})", path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"in a directory that is not writable ({parent})", parent
+    return None
+
+
+def check_outputs_writable(outputs: list[tuple[str | Path, bool]], *, owner: str) -> None:
+    """Raise OutputNotWritableError naming the first output (path, check_mode) that cannot be
+    replaced: called before a stage, or `dvc repro`, removes anything."""
+    for path, check_mode in outputs:
+        problem = unwritable(path, check_mode=check_mode)
+        if problem is not None:
+            reason, fix = problem
+            raise OutputNotWritableError(f"{path}: output of {owner} is {reason}; fix: chmod u+w {fix} (or move it "
+                                         "away), then rerun; nothing was removed")
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename over `path`. The new file

@@ -57,17 +57,21 @@ def materialize(pinned: str | Path, entry: dict | None, out: str | Path, *, para
         shutil.copytree(pinned, tmp, dirs_exist_ok=True)
 
 
-def verify(pinned: str | Path, entry: dict | None, *, params: dict, where: str) -> None:
-    """Refuse a pinned directory that is missing, altered, or was trained with other params."""
+def verify(pinned: str | Path, entry: dict | None, *, params: dict, where: str,
+           retrain: tuple[str, str] = ("zoo.source: train", "probebench zoo pin")) -> None:
+    """Refuse a pinned directory that is missing, altered, or was trained with other params.
+    `retrain`: the params switch that retrains it and the command that pins it again (the zoo's by
+    default; the crosscoders have their own)."""
     pinned = Path(pinned)
+    switch, pin = retrain
     if entry is None or not pinned.is_dir():
-        raise PinnedError(f"{where}: no pinned snapshot at {pinned} (zoo/{MANIFEST}); set zoo.source: train "
-                          "to train it, then `probebench zoo pin` to pin it")
+        raise PinnedError(f"{where}: no pinned snapshot at {pinned} (zoo/{MANIFEST}); set {switch} "
+                          f"to train it, then `{pin}` to pin it")
     if _canonical(params) != entry["params"]:
         changed = sorted(k for k in set(params) | set(entry["params"])
                          if _canonical(params).get(k) != entry["params"].get(k))
         raise PinnedError(f"{where}: params {changed} differ from those the pinned snapshot {pinned} was trained "
-                          "with; set zoo.source: train to retrain (then `probebench zoo pin`), or restore them")
+                          f"with; set {switch} to retrain (then `{pin}`), or restore them")
     got = dir_digests(pinned)
     if got != entry["files"]:
         bad = sorted(k for k in set(got) | set(entry["files"]) if got.get(k) != entry["files"].get(k))

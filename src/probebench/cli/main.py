@@ -5,6 +5,7 @@ the matrices, and apply entries to the ProbeBench site.
     probebench run --executor ray        # every stage a Ray task, joined through DVC's cache
     probebench check                     # validate params.yaml
     probebench show                      # the rho_CE matrices of the last run
+    probebench exp                       # experiments: changed params and metrics/headline.json
     probebench probe import PATH --model M --task T --out DIR [--trust-pickle]
     probebench leaderboard apply reports/probebench.yaml --data lib/probebench-data.ts
 """
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from probebench.errors import ProbebenchError
 
+from probebench.cli import exp as cli_exp
 from probebench.cli import leaderboard as cli_leaderboard
 from probebench.cli import model as cli_model
 from probebench.cli import zoo as cli_zoo
@@ -36,6 +38,7 @@ app.add_typer(probe_app, name="probe")
 app.add_typer(cli_leaderboard.app, name="leaderboard")
 app.add_typer(cli_zoo.app, name="zoo")
 app.add_typer(cli_model.app, name="model")
+app.command(name="exp")(cli_exp.exp)
 err = Console(stderr=True)
 out = Console()
 
@@ -89,6 +92,16 @@ def run_pipeline(
 ) -> None:
     """Run the whole pipeline after checking params: `dvc repro` here (extra arguments are passed
     on), or with `--executor ray|slurm` every stage on its own worker, joined through DVC's cache."""
+    from rich.markup import escape
+
+    from probebench.executor.coordinator import check_options
+    from probebench.executor.plan import ExecutorError
+
+    try:  # before anything runs: `--workers 0` would leave every stage pending forever
+        check_options(workers=workers, retries=retries, cpus_per_stage=cpus_per_stage, slurm_timeout_min=time_min,
+                      address=address, executor=executor)
+    except ExecutorError as exc:
+        _fail(escape(str(exc)))
     check(Path("params.yaml"))
     # Stage commands say `python ...`: put this interpreter's environment first on PATH so they
     # run with the packages probebench was installed with, activated venv or not.
@@ -99,6 +112,9 @@ def run_pipeline(
         _fail("dvc not found; install probebench with pip (dvc is a dependency)")
     if not Path(".git").exists():
         _fail("not a git checkout: DVC experiments need a git repo with at least one commit (git init && git commit)")
+    _check_targets(ctx.args)
+    _check_lock()
+    before = _check_outputs()
     if executor != "local":
         _run_distributed(executor, ctx.args, address=address, workers=workers, retries=retries,
                          cpus_per_stage=cpus_per_stage, scratch=scratch, slurm_partition=partition,
@@ -106,13 +122,89 @@ def run_pipeline(
         return
     rc = subprocess.call([dvc, "repro", *ctx.args], env=env)
     if rc != 0:
+        _check_lock()  # the run that took the lock meanwhile, not a failed stage
+        removed = [p for p in before if not Path(p).exists()]
+        if before and not removed:
+            _fail(f"dvc repro failed (exit {rc}) before any stage removed its outputs, so there is nothing to "
+                  "restore; fix the cause above and rerun")
         # DVC removed the failed stage's outputs before running it; dvc.lock still describes the
         # last good run. Cached outputs come back from the DVC cache, the uncached reports and
         # metrics (cache: false) from git.
-        err.print(f"[bold red]error:[/] dvc repro failed (exit {rc}); fix the cause above, then restore the last "
-                  "good outputs with `dvc checkout` and the reports and metrics with `git checkout -- reports metrics`",
-                  highlight=False, soft_wrap=True)
+        lost = f" ({len(removed)} output(s) removed, e.g. {removed[0]})" if removed else ""
+        err.print(f"[bold red]error:[/] dvc repro failed (exit {rc}){escape(lost)}; fix the cause above, then restore "
+                  "the last good outputs with `dvc checkout` and the reports and metrics with `git checkout -- "
+                  "reports metrics`", highlight=False, soft_wrap=True)
     raise typer.Exit(rc)
+
+
+def _check_targets(args: list[str]) -> None:
+    """Refuse a target that is no stage of dvc.yaml, naming the stages (DVC's own error would be
+    followed by the advice for a failed stage)."""
+    from rich.markup import escape
+
+    from probebench.artifacts.dvcfile import stage_groups, stage_outs
+
+    if any(a in ("--glob", "-R", "--recursive") for a in args):
+        return   # patterns and directories: DVC resolves them
+    groups = stage_groups(".")
+    if not groups:
+        return   # no readable dvc.yaml here: DVC says so
+    known = set(groups) | set(stage_outs("."))
+    for target in (a for a in args if not a.startswith("-")):
+        file, sep, name = target.rpartition(":")
+        if sep and Path(file or "dvc.yaml").resolve() != Path("dvc.yaml").resolve():
+            continue   # a stage of another dvc.yaml
+        if (name if sep else target) in known or (not sep and Path(target).exists()):
+            continue
+        example = next((s for s in stage_outs(".") if "@" in s), "extract@<model>")
+        _fail(escape(f"{target!r} is not a stage of dvc.yaml; stages: {', '.join(groups)} (a foreach stage runs "
+                     f"all its items, or one as NAME@KEY, e.g. {example})"))
+
+
+def _lock_holder(root: Path = Path(".")) -> str | None:
+    """Who holds DVC's repository lock (.dvc/tmp/lock, a flock while `dvc repro` runs), or None."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: DVC says it itself
+        return None
+    try:
+        fh = open(root / ".dvc" / "tmp" / "lock", "rb")
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = fh.read(64).decode("ascii", "replace").strip()
+            return f"pid {pid}" if pid.isdigit() else "another process"
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def _check_lock() -> None:
+    holder = _lock_holder()
+    if holder is not None:
+        _fail(f"another run holds DVC's lock on this checkout (.dvc/tmp/lock, {holder}); wait for it to finish "
+              "(`probebench run` again then resumes from its results), or run in a separate clone")
+
+
+def _check_outputs() -> list[str]:
+    """Refuse before `dvc repro` removes anything when a stage output cannot be written (DVC
+    deletes a stage's outputs before running it: a read-only reports/cells.csv would fail the
+    stage after reports/cells.parquet was gone). Returns the outputs that exist now."""
+    from rich.markup import escape
+
+    from probebench.artifacts.dvcfile import stage_outs
+    from probebench.artifacts.io import OutputNotWritableError, check_outputs_writable
+
+    existing = []
+    try:
+        for stage, outs in stage_outs(".").items():
+            check_outputs_writable([(o.path, not o.cached) for o in outs], owner=f"stage {stage} (dvc.yaml)")
+            existing += [o.path for o in outs if Path(o.path).exists()]
+    except OutputNotWritableError as exc:
+        _fail(escape(str(exc)))
+    return existing
 
 
 def _run_distributed(executor: str, extra: list[str], **options) -> None:
@@ -144,8 +236,9 @@ def _run_distributed(executor: str, extra: list[str], **options) -> None:
 
 @app.command()
 def show(cells: Annotated[Path, typer.Option(help="cells table written by the matrix stage")] = Path("reports/cells.parquet"),
-         stat: Annotated[str, typer.Option(help="pearson (pooled rho_CE) | rho_within | rho_transferred | any numeric "
-                                                "column, e.g. cosine, transfer_auroc")] = "pearson") -> None:
+         stat: Annotated[str, typer.Option(help="pearson (pooled rho_CE) | rho_within | rho_transferred | ccc | "
+                                                "ccc_within | ccc_transferred | any numeric column, e.g. cosine, "
+                                                "transfer_auroc")] = "pearson") -> None:
     """Print each task's source x target matrix: estimate [95% CI] and flag letters per cell
     (flagged cells in red, unscored cells dimmed)."""
     import pandas as pd
@@ -187,7 +280,8 @@ def show(cells: Annotated[Path, typer.Option(help="cells table written by the ma
                     texts.append("")
                     continue
                 r = pick.iloc[0]
-                if r["diagonal"] and stat in ("pearson", "rho_within", "rho_transferred"):
+                if r["diagonal"] and stat in ("pearson", "rho_within", "rho_transferred", "ccc", "ccc_within",
+                                              "ccc_transferred"):
                     texts.append("[dim]1 (diagonal)[/]")
                     continue
                 txt = format_ci(r[stat], r.get(lo, float("nan")), r.get(hi, float("nan")))
@@ -196,6 +290,16 @@ def show(cells: Annotated[Path, typer.Option(help="cells table written by the ma
                 texts.append(txt if scored[r.name] else f"[dim]{txt}[/]")
             table.add_row(source, *texts)
         out.print(table)
+        if {"ccc", "ccc_beats_null", "imported"} <= set(sub.columns):
+            from probebench.cells.summary import pair_summary
+
+            q = pair_summary(df, task)
+            if q["n_pairs"]:
+                out.print(f"{task}, Q1 over {q['n_pairs']} unordered pairs ({q['n_pairs_scored']} scored): median "
+                          f"rho_CE {q['median_pair_pearson']:.2f}, median CCC {q['median_pair_ccc']:.2f}; "
+                          f"{q['n_pairs_ccc_beats_null']} beat the random-direction null (CCC, BH), "
+                          f"{q['n_pairs_not_same_mechanism']} not the same mechanism, "
+                          f"{q['n_pairs_label_driven']} label-driven", highlight=False)
     used = {f for fl in df["flag_list"] for f in fl}
     if used:
         out.print("flags: " + ", ".join(f"{FLAG_CODES.get(f, '?')} = {f}" for f in FLAG_CODES if f in used)
@@ -249,6 +353,7 @@ def probe_import(path: Annotated[Path, typer.Argument(help=".npy, .safetensors, 
     from probebench.probes.fit import CARD_FILE, DIRECTION_FILE, Probe, ProbeError, save_probe
 
     try:
+        _refuse_pipeline_output(out_dir, params_path)
         if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
             raise ProbeError(f"--out {out_dir}: is an existing file; choose a new directory")
         existing = sorted(f.name for f in out_dir.iterdir()) if out_dir.is_dir() else []
@@ -301,14 +406,36 @@ def probe_import(path: Annotated[Path, typer.Argument(help=".npy, .safetensors, 
 
 
 
+def _refuse_pipeline_output(out_dir: Path, params_path: Path) -> None:
+    """An import inside a DVC stage's output (reports/matrix/x, data/extract/m/...) is deleted by
+    the next `dvc repro` of that stage: refuse it and name the place that survives."""
+    from probebench.artifacts.dvcfile import owner
+    from probebench.probes.fit import ProbeError
+
+    for root in dict.fromkeys([Path.cwd(), params_path.resolve().parent]):
+        if not (root / "dvc.yaml").is_file():
+            continue
+        found = owner(out_dir.resolve(), root)
+        if found is not None:
+            raise ProbeError(f"--out {out_dir}: inside {found.path}, an output of DVC stage {found.stage} (dvc.yaml), "
+                             f"which the next dvc repro deletes; import to data/imported/{out_dir.name} instead "
+                             "(the stages read imported probes from there; point probes.<key>.path at it)")
+
+
 @app.command()
 def verify(rev: Annotated[str, typer.Option(help="git revision holding the reference reports")] = "HEAD",
-           tol: Annotated[float, typer.Option(help="absolute tolerance per number")] = 1e-4) -> None:
-    """Check that the reports and metrics this checkout produced equal the committed ones to `tol`
-    (numbers compared numerically, everything else exactly). Run after `probebench run` on a
-    fresh clone; metrics/ablate (cells computed vs cached) legitimately differ and are skipped."""
-    from probebench.artifacts.verify import verify as verify_files
+           tol: Annotated[float, typer.Option(help="absolute tolerance per float (>= 0); integers must match "
+                                                   "exactly")] = 1e-4) -> None:
+    """Check that the reports and metrics this checkout produced equal the committed ones: floats
+    to `tol`, integers (and integer-valued CSV columns and JSON keys) and everything else exactly.
+    Run after `probebench run` on a fresh clone; metrics/ablate (cells computed vs cached)
+    legitimately differ and are skipped."""
+    from probebench.artifacts.verify import VerifyError, check_tol, verify as verify_files
 
+    try:
+        check_tol(tol)
+    except VerifyError as exc:
+        _fail(str(exc))
     listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "--", "reports", "metrics"],
                              capture_output=True, text=True)
     if listing.returncode != 0:

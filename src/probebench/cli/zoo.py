@@ -83,9 +83,32 @@ def _exp_cells(name: str):
     return pd.read_csv(io.StringIO(shown.stdout))
 
 
+def _check_spread_runs(names: list[str], out_dir: Path, *, force: bool) -> None:
+    """Refuse a spread of one run (it has none), and replacing a committed spread built from runs
+    this one leaves out (`probebench zoo spread .` would overwrite the four-seed spread)."""
+    import csv
+
+    if len(names) < 2:
+        raise InputFileError(f"zoo spread: got {len(names)} distinct run(s) ({' '.join(names) or 'none'}); a spread "
+                             "needs at least 2, e.g. probebench zoo spread . seed1 seed2 seed3 (see --help)")
+    head = out_dir / "headline.csv"
+    if force or not head.is_file():
+        return
+    with open(head, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    prior = header[1:header.index("mean")] if header[:1] == ["figure"] and "mean" in header else []
+    left_out = [r for r in prior if r not in names]
+    if left_out:
+        raise InputFileError(f"{head}: holds a spread of {len(prior)} runs ({' '.join(prior)}); these {len(names)} "
+                             f"runs leave out {' '.join(left_out)}, so it would be replaced by less; pass every run, "
+                             "choose another --out, or --force to replace it")
+
+
 @app.command()
 def spread(experiments: Annotated[list[str], typer.Argument(help="DVC experiment names; '.' is the workspace run")],
-           out_dir: Annotated[Path, typer.Option("--out", help="where the table and figure go")] = Path("reports/seed_spread")) -> None:
+           out_dir: Annotated[Path, typer.Option("--out", help="where the table and figure go")] = Path("reports/seed_spread"),
+           force: Annotated[bool, typer.Option("--force", help="replace a spread in --out built from runs this "
+                                                "command does not include")] = False) -> None:
     """Across-seed spread of every off-diagonal rho_CE (and within-class, transferred, AUROC) and
     of the headline numbers, from replicate zoos run as DVC experiments:
 
@@ -97,6 +120,7 @@ def spread(experiments: Annotated[list[str], typer.Argument(help="DVC experiment
     from probebench.cells.spread import seed_spread, spread_figure
 
     try:
+        _check_spread_runs(list(dict.fromkeys(experiments)), out_dir, force=force)
         runs = {name: _exp_cells(name) for name in experiments}
         per_cell, head = seed_spread(runs)
     except ProbebenchError as exc:

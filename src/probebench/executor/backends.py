@@ -11,23 +11,63 @@ stage, and resubmits a failed one up to `retries` times.
 
 from __future__ import annotations
 
+import socket
+import tempfile
 import time
 from typing import Callable
+from urllib.parse import urlsplit
 
 from probebench.executor.plan import ExecutorError, StageSpec
 from probebench.executor.worker import Job, StageKilled, StageOutcome, run_job
 
 MakeJob = Callable[[StageSpec], Job]
+RAY_CONNECT_TIMEOUT_S = 3.0
+
+
+def connect_ray(address: str | None, workers: int | None) -> None:
+    """Join the cluster at `address` (or start one with `workers` CPUs here), before the run's
+    board is shown: an address that is no Ray cluster is one line after a few seconds, not a
+    traceback after Ray's 20 one-second retries (RAY_gcs_server_port_wait_time_s bounds them
+    unless the user set it)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not address:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        return
+    check_ray_address(address)
+    key = "RAY_gcs_server_port_wait_time_s"
+    preset = os.environ.get(key)
+    os.environ.setdefault(key, str(int(RAY_CONNECT_TIMEOUT_S) + 2))
+    # Ray's C++ client logs every failed try to fd 2: hold that back, and show it only if it joined
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExecutorError(f"--address {address}: no Ray cluster could be joined there ({first}); pass the "
+                                "address `ray start --head` printed (its GCS port, 6379 by default), or leave "
+                                "--address out to start a cluster on this machine") from None
+        else:
+            held.seek(0)
+            os.write(saved, held.read())
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if preset is None:
+                os.environ.pop(key, None)
 
 
 def run_ray(plan: list[StageSpec], make_job: MakeJob, board, *, address: str | None, workers: int | None,
             retries: int) -> dict[str, StageOutcome]:
     import ray
 
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    connect_ray(address, workers)
     try:
         cluster = ray.cluster_resources()
         remote = ray.remote(run_job)
@@ -51,6 +91,38 @@ def run_ray(plan: list[StageSpec], make_job: MakeJob, board, *, address: str | N
         return outcomes
     finally:
         ray.shutdown()
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse an --address nothing answers at, within `timeout_s`: `ray.init` would otherwise
+    retry for 20 s before it fails with a traceback. `auto` (the cluster `ray start`
+    recorded on this machine) is left to Ray.
+
+    >>> check_ray_address("ray-head")
+    Traceback (most recent call last):
+    ...
+    probebench.executor.plan.ExecutorError: --address 'ray-head': expected HOST:PORT (the address `ray start --head` prints, e.g. 10.0.0.5:6379), ray://HOST:PORT or auto
+    """
+    if address in ("auto", "local"):
+        return
+    scheme, _, rest = address.rpartition("://")
+    try:
+        parts = urlsplit(f"//{rest}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if scheme == "ray" and host and port is None:
+        port = 10001   # the Ray Client server's default port
+    if scheme not in ("", "ray") or not host or port is None:
+        raise ExecutorError(f"--address {address!r}: expected HOST:PORT (the address `ray start --head` prints, e.g. "
+                            "10.0.0.5:6379), ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise ExecutorError(f"--address {address}: no Ray cluster answers at {host}:{port} ({reason}, waited at most "
+                            f"{timeout_s:g} s); start one there with `ray start --head` and pass the address it prints, "
+                            "or leave --address out to start a cluster on this machine") from None
 
 
 def ray_request(spec: StageSpec, cluster: dict) -> dict:

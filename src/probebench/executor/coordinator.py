@@ -14,6 +14,7 @@ resumes from the run-cache (finished stages restore instead of recomputing).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -144,6 +145,37 @@ def _outs_and_cache(root: Path) -> tuple[set[str], str]:
         return outs, repo.cache.legacy.path
 
 
+def check_options(*, workers: int | None = None, retries: int = 2, cpus_per_stage: float | None = None,
+                  slurm_timeout_min: int = 240, address: str | None = None, executor: str = "ray") -> None:
+    """Refuse a value no run can use, before any stage is placed: `--workers 0` would start a Ray
+    cluster without CPUs (every stage pending forever), a negative `--retries` or a NaN CPU count
+    would reach Ray as is. With `executor="ray"`, `address` must answer (`check_ray_address`).
+
+    >>> check_options(workers=0)
+    Traceback (most recent call last):
+    ...
+    probebench.executor.plan.ExecutorError: --workers 0: must be a whole number >= 1 (CPUs of the local Ray cluster), or left out to use all of this machine's
+    """
+    def bad(value) -> bool:
+        return isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+
+    if workers is not None and (bad(workers) or workers != int(workers) or workers < 1):
+        raise ExecutorError(f"--workers {workers}: must be a whole number >= 1 (CPUs of the local Ray cluster), or "
+                            "left out to use all of this machine's")
+    if bad(retries) or retries != int(retries) or retries < 0:
+        raise ExecutorError(f"--retries {retries}: must be a whole number >= 0 (times a stage whose worker died is "
+                            "retried; 0: never)")
+    if cpus_per_stage is not None and (bad(cpus_per_stage) or cpus_per_stage <= 0):
+        raise ExecutorError(f"--cpus-per-stage {cpus_per_stage}: must be a finite number > 0 (CPUs each stage asks "
+                            "for, e.g. 1 or 0.5), or left out to use zoo.threads")
+    if bad(slurm_timeout_min) or slurm_timeout_min < 1:
+        raise ExecutorError(f"--time-min {slurm_timeout_min}: must be >= 1 (minutes a SLURM stage job may run)")
+    if executor == "ray" and address is not None:
+        from probebench.executor.backends import check_ray_address
+
+        check_ray_address(address)
+
+
 def run_distributed(root: str | Path = ".", *, executor: str = "ray", address: str | None = None,
                     workers: int | None = None, retries: int = 2, cpus_per_stage: float | None = None,
                     scratch: str | Path | None = None, slurm_cluster: str | None = None,
@@ -152,11 +184,17 @@ def run_distributed(root: str | Path = ".", *, executor: str = "ray", address: s
                     console: Console | None = None) -> RunSummary:
     """Run the pipeline of `root` with its stages on Ray or SLURM workers; returns the outcomes
     and what the final `dvc repro` executed. `fault` (tests only): kill that stage's first worker."""
+    check_options(workers=workers, retries=retries, cpus_per_stage=cpus_per_stage,
+                  slurm_timeout_min=slurm_timeout_min, address=address, executor=executor)
     root = Path(root).resolve()
     console = console or Console(stderr=True)
     start = time.monotonic()
     plan = stage_plan(root, cpus_per_stage, targets)
     outs, cache_dir = _outs_and_cache(root)
+    from probebench.executor.backends import connect_ray, run_ray, run_slurm
+
+    if executor == "ray":
+        connect_ray(address, workers)   # before the run directory: a cluster not joined leaves nothing behind
     run_dir = root / RUNS / "runs" / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():
         run_dir = run_dir.with_name(run_dir.name + "+")
@@ -171,7 +209,6 @@ def run_distributed(root: str | Path = ".", *, executor: str = "ray", address: s
 
     board = Board(plan, run_dir, console)
     console.print(f"{len(plan)} stages on {executor}; logs in {run_dir / 'logs'}", highlight=False)
-    from probebench.executor.backends import run_ray, run_slurm
 
     with Live(board.table(), console=console, refresh_per_second=2, transient=False) as live:
         board.live = live

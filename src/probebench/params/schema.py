@@ -9,6 +9,7 @@ never a silent default. The core never opens params.yaml; stage shells call `loa
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -30,11 +31,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_SLUG = re.compile(r"[A-Za-z0-9_-]+")
+# The start of every bundle id: what the site's ids are made of, never a path piece ('/', '..').
+_ID_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def _check_slug(slug: str, where: str) -> str:
-    # DVC splits param keys on dots, so a dotted slug would address the wrong key.
-    if "." in slug or "/" in slug or not slug:
-        raise ValueError(f"{where} key {slug!r} must be a slug without '.' or '/' (DVC splits param keys on dots); "
-                         "put a hub id in the model's hf_id instead")
+    # Keys are interpolated into DVC stage commands (`python stages/extract.py ${key}`), so anything
+    # but a slug is shell syntax there ("s;touch PWNED;echo" runs a command, a space splits the
+    # argument); and DVC splits param keys on dots, so a dotted slug would address the wrong key.
+    if not _SLUG.fullmatch(slug):
+        fix = re.sub(r"[^A-Za-z0-9_-]+", "-", slug).strip("-") or "name"
+        raise ValueError(f"{where} key {slug!r} must be a slug of letters, digits, '_' and '-' ([A-Za-z0-9_-]+, no '.'): "
+                         f"keys are interpolated into DVC stage commands and DVC splits param keys on dots; "
+                         f"rename it (e.g. {fix!r}) and put a hub id in the model's hf_id")
     return slug
 
 
@@ -171,11 +181,12 @@ class ModelParams(_Strict):
     name: str | None = None
     hf_id: str | None = None
     layer: int | float = 0.5
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     device_map: str | None = None
     basis: str | None = None
     framing: FramingParams = FramingParams()
+    n_random: int | None = Field(None, ge=0)  # random null directions for this model (None: ablate.n_random)
 
     @field_validator("layer", mode="before")
     @classmethod
@@ -225,7 +236,9 @@ class TransferParams(_Strict):
     same text in every tokenizer), `readout` the readout token only. `n_null` maps from a noise
     source (Gaussian with the source's covariance) and as many from shuffled pairings form the
     null distributions of transfer AUROC and cosine; `null_alpha` is the empirical p below which
-    the transfer beats them."""
+    the transfer beats them. `probebench check` refuses an n_null whose smallest empirical p,
+    1 / (2 n_null + 1) (1 / (n_null + 1) for the shared-basis cosine null), is above null_alpha,
+    and a map_fraction that leaves a task's map or probes too few train rows."""
     method: Literal["score_ridge", "activation_ridge"] = "activation_ridge"
     alpha: float | None = None
     map_rows: Literal["word_ends", "readout"] = "word_ends"
@@ -235,15 +248,18 @@ class TransferParams(_Strict):
 
 
 class AblateParams(_Strict):
-    """n_random: random unit directions ablated in every target, the null of rho_CE, drawn
-    orthogonal to the target's massive dimensions (mean |h_d| above massive_factor x the median;
-    0: isotropic). edit_special: also edit special-token positions (BOS, the attention sink)."""
+    """n_random: random unit directions ablated in every model (`models.<m>.n_random` overrides it
+    for one model), the null of each cell's agreement, drawn orthogonal to the model's massive
+    dimensions (mean |h_d| above massive_factor x the median; 0: isotropic). Each side of a cell's
+    null is one model's draws: 99 or more give an empirical p that resolves 0.01, fewer a fitted
+    p, which needs 8 (`probebench check` refuses fewer). edit_special: also edit special-token
+    positions (BOS, the attention sink)."""
     mode: Literal["projection", "mean"] = "projection"
     positions: Literal["all", "readout"] = "all"
     layers: Literal["single", "from_layer"] = "single"
     edit_special: bool = False
     batch_size: int = Field(64, ge=1)
-    n_random: int = Field(8, ge=0)
+    n_random: int = Field(99, ge=0)
     massive_factor: float = Field(20.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
@@ -358,7 +374,17 @@ class ImportedProbeParams(_Strict):
 
 
 class EmitParams(_Strict):
+    """probe_id_prefix starts every bundle id `<prefix>-<task>-<model>-...` (leaderboard.entries)."""
     probe_id_prefix: str = "probebench"
+
+    @field_validator("probe_id_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not _ID_PREFIX.fullmatch(v) or ".." in v:
+            raise ValueError(f"probe_id_prefix {v!r} must start with a letter or digit and hold only letters, digits, "
+                             "'_', '.' and '-' without '..' (no empty prefix, '/', spaces or control characters: it "
+                             "starts every bundle id); e.g. probebench")
+        return v
 
 
 class ImportParams(_Strict):
@@ -405,10 +431,19 @@ class Params(_Strict):
             _check_slug(slug, "tasks")
         for slug in self.imports:
             _check_slug(slug, "imports")
+        names: dict[str, str] = {}
         for slug, m in self.models.items():
             _check_slug(slug, "models")
             if m.basis is not None and (m.basis not in self.models or m.basis == slug):
                 raise ValueError(f"models.{slug}.basis {m.basis!r} must be another key of models: {sorted(self.models)}")
+            name = self.display_name(slug)
+            if name in names:
+                raise ValueError(f"models.{names[name]} and models.{slug} have the same leaderboard name {name!r} "
+                                 "(name, else hf_id, else the key): the leaderboard could not tell them apart; give "
+                                 "each a distinct name")
+            names[name] = slug
+        for slug in self.models:
+            self.basis_chain(slug)  # a cycle is refused there
         for slug, pr in self.probes.items():
             _check_slug(slug, "probes")
             if slug in self.models:
@@ -457,11 +492,32 @@ class Params(_Strict):
         m = self.model(slug)
         return m.name or m.hf_id or slug
 
+    def basis_chain(self, slug: str) -> list[str]:
+        """`slug`, its basis, that model's basis, ... (a fine-tune of a fine-tune shares its
+        grandparent's basis); a chain that comes back to a model is refused, naming the cycle."""
+        chain = [slug]
+        while (nxt := self.models[chain[-1]].basis) is not None:
+            if nxt in chain:
+                cycle = " -> ".join([*chain[chain.index(nxt):], nxt])
+                raise ValueError(f"models.{chain[-1]}.basis {nxt!r} closes the cycle {cycle}; a basis chain must end "
+                                 "at a model without basis: remove one of these basis keys")
+            chain.append(nxt)
+        return chain
+
+    def basis_root(self, slug: str) -> str:
+        """The model at the end of `slug`'s basis chain (itself when it declares none)."""
+        return self.basis_chain(slug)[-1]
+
     def share_basis(self, a: str, b: str) -> bool:
-        """Whether models a and b share a residual basis (one declared as the other's `basis`,
-        or both of a third's)."""
-        root = {s: (self.models[s].basis or s) for s in (a, b)}
-        return root[a] == root[b]
+        """Whether models a and b share a residual basis: their basis chains end at the same model
+        (one declared as the other's `basis`, both of a third's, or further down a chain).
+
+        >>> p = Params.model_validate({"tasks": {"t": {"kind": "sentiment"}}, "models": {
+        ...     "a": {"path": "a"}, "b": {"path": "b", "basis": "a"}, "c": {"path": "c", "basis": "b"}}})
+        >>> p.share_basis("c", "a"), p.share_basis("c", "b")
+        (True, True)
+        """
+        return self.basis_root(a) == self.basis_root(b)
 
     def zoo_training(self, slug: str) -> dict:
         """Everything that determines a zoo model's trained weights (what a pinned snapshot is

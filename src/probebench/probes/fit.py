@@ -39,14 +39,17 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from probebench.errors import ProbebenchError, require_finite
 from probebench.artifacts.io import atomic_write_bytes
@@ -67,6 +70,13 @@ __all__ = [
 ]
 
 PROBE_METHODS = ("logreg", "mean_diff")
+# logreg is solved by Newton's method with a Cholesky solve of the Hessian (deterministic, no random
+# state) until the largest gradient entry is below LOGREG_TOL: quadratic convergence lands on the
+# optimum of the strictly convex objective to ~1e-12, so every machine's fit is the same probe
+# whatever order its BLAS sums in. scikit-learn's default (lbfgs, tol 1e-4) stops ~1e-3 short of
+# the optimum, at a point that depends on the last bits of every dot product: held-out AUROC
+# 0.912242 on one CPU, 0.91218 on another.
+LOGREG_TOL = 1e-10
 PROBE_DIRECTIONS = ("weights", "pattern")
 SAVED_FORMAT = "probebench-probe/1"
 DIRECTION_FILE = "direction.safetensors"
@@ -156,12 +166,19 @@ def fit_probe(
     method: str,
     C: float = 1.0,
     seed: int = 0,
-    max_iter: int = 2000,
+    max_iter: int = 100,
 ) -> Probe:
     """Fit a binary probe on activations ``acts_ND`` [N, D] and labels ``y_N`` in {0, 1}.
 
-    ``method="logreg"``: StandardScaler + L2 LogisticRegression(C, lbfgs, random_state=seed),
-    folded into raw space so ``probe.score(acts)`` equals the pipeline's decision_function.
+    ``method="logreg"``: StandardScaler + L2 LogisticRegression(C, newton-cholesky),
+    folded into raw space so ``probe.score(acts)`` equals the pipeline's decision_function. It is
+    fitted to be the same on every machine: float64 activations and standardization, Newton-
+    Cholesky (no random state involved) run to a gradient of ``LOGREG_TOL`` (the objective's
+    optimum to ~1e-12), one BLAS thread; a fit that does not get there in ``max_iter`` Newton
+    steps is refused rather than reported. The direction holds ~10 significant digits across
+    machines, so a held-out AUROC or accuracy of it can differ only where two test scores tie to
+    that precision; such a swap moves AUROC by 1 / (n_pos n_neg) (6e-5 for 128 x 128 test
+    prompts), so 4 decimals is the precision to report and compare it at.
     ``method="mean_diff"``: ``w = mean(acts[y==1]) - mean(acts[y==0])``, threshold at the
     midpoint of the two class means. ``C``, ``seed`` and ``max_iter`` only affect logreg.
 
@@ -193,13 +210,23 @@ def fit_probe(
             raise ProbeFitError(f"fit_probe: C={C!r} must be a positive finite float (inverse L2 strength)")
         if int(max_iter) < 1:
             raise ProbeFitError(f"fit_probe: max_iter={max_iter!r} must be a positive integer")
-        scaler = StandardScaler().fit(acts)
-        # No `penalty=`: it is deprecated in scikit-learn >= 1.8; l1_ratio=0 with lbfgs is pure L2.
-        clf = LogisticRegression(
-            C=float(C), l1_ratio=0.0, solver="lbfgs", max_iter=int(max_iter), random_state=seed
-        ).fit(scaler.transform(acts), y)
+        # One BLAS thread: the order of every sum is then fixed by the data, not by the thread count.
+        with threadpool_limits(limits=1), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            scaler = StandardScaler().fit(acts)  # acts is float64, so mean_ and scale_ are too
+            # No `penalty=`: it is deprecated in scikit-learn >= 1.8; l1_ratio=0 is pure L2.
+            clf = LogisticRegression(
+                C=float(C), l1_ratio=0.0, solver="newton-cholesky", tol=LOGREG_TOL, max_iter=int(max_iter),
+                random_state=seed,
+            ).fit(scaler.transform(acts), y)
+        n_iter = int(np.max(clf.n_iter_))
+        stalled = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, ConvergenceWarning)]
+        if stalled or n_iter >= int(max_iter):
+            why = stalled[0] if stalled else f"it took all max_iter={max_iter} Newton steps"
+            raise ProbeFitError(f"fit_probe: logreg did not reach gradient {LOGREG_TOL:g} ({why}), so its probe "
+                                "would differ between machines; lower C (stronger L2) or check the activations")
         dir_D, bias = fold_standardized(clf.coef_[0], float(clf.intercept_[0]), scaler)
-        card.update(C=float(C), seed=int(seed), max_iter=int(max_iter), n_iter=int(np.max(clf.n_iter_)))
+        card.update(C=float(C), seed=int(seed), max_iter=int(max_iter), n_iter=n_iter, tol=LOGREG_TOL)
     else:
         raise ProbeFitError(f"fit_probe: unknown method {method!r}; use one of {PROBE_METHODS}")
     return Probe(direction=dir_D, bias=bias, method=method, card=card)
@@ -392,12 +419,33 @@ def load_probe(dir_path: str | os.PathLike) -> Probe:
     tensors = safetensors.numpy.load(st_bytes)
     if "direction" not in tensors or "bias" not in tensors:
         raise ProbeImportError(f"{st_path}: needs tensors 'direction' and 'bias', has {sorted(tensors)}; re-save")
-    return Probe(
+    probe = Probe(
         direction=tensors["direction"],
         bias=float(tensors["bias"].ravel()[0]),
         method=doc.get("method", ""),
         card=doc.get("card") or {},
     )
+    _check_card(card_path, doc, probe)
+    return probe
+
+
+def _check_card(card_path: Path, doc: dict, probe: Probe) -> None:
+    """What a card says about its probe must hold: ``direction_sha256`` ties the direction file
+    to the card, but the rest of the card is text anyone can edit (a d_model, method or layer
+    changed by hand would describe another probe)."""
+    card = probe.card
+    for key, value in (("d_model", doc.get("d_model")), ("card.d_model", card.get("d_model"))):
+        if value is not None and (isinstance(value, bool) or value != probe.d_model):
+            raise ProbeImportError(f"{card_path}: key {key!r} is {value!r} but {DIRECTION_FILE} holds a direction of "
+                                   f"width {probe.d_model}; the card was edited after it was saved: re-save or "
+                                   "re-import the probe")
+    if card.get("method") is not None and card["method"] != probe.method:
+        raise ProbeImportError(f"{card_path}: key 'card.method' is {card['method']!r} but key 'method' is "
+                               f"{probe.method!r}; the card was edited after it was saved: re-save or re-import the probe")
+    checkpoint = card.get("checkpoint")
+    if isinstance(checkpoint, dict) and "layer" in checkpoint and "layer" in card and checkpoint["layer"] != card["layer"]:
+        raise ProbeImportError(f"{card_path}: key 'card.layer' is {card['layer']!r} but 'card.checkpoint.layer' is "
+                               f"{checkpoint['layer']!r}; the card was edited after it was saved: re-import the probe")
 
 
 def _json_default(obj: Any) -> Any:

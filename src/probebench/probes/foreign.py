@@ -19,9 +19,13 @@ Accepted inputs of :func:`import_probe`:
 ``meta`` is a mapping. ProbeBench keys read here: ``id`` (the probe's leaderboard id),
 ``modelId`` (hub id of the model it reads), ``layer`` (0-based decoder block whose *output* it
 reads, the block openinterp's guards hook; a probe read from HF ``hidden_states[L]`` reads block
-``L - 1``), ``position`` (recorded, not checked) and ``artifactSha256`` (sha256 of
-``probe.joblib``). The older probebench keys ``d_model`` and ``sha256`` (one hex string, or
-``{filename: hex}``) are still honoured. Every meta key is copied into the probe's card.
+``L - 1``), ``position`` (which token the probe reads: probebench reads every probe at the
+readout token, so only ``READ_POSITIONS`` are accepted) and ``artifactSha256`` (sha256 of
+``probe.joblib``; an empty one is refused, not taken as "none declared"). The older probebench
+keys ``d_model`` (an integer) and ``sha256`` (one hex string, or ``{filename: hex}``) are still
+honoured. Every meta key is copied into the probe's card. The probe must be a fitted binary
+classifier (a regressor's ``coef_`` is not a class boundary) whose direction has a norm a float64
+can normalize.
 
 Pickle trust: joblib files are pickles, and unpickling runs code. Every declared digest (meta
 ``artifactSha256``/``sha256``, or a pin passed as ``sha256_pins={"scaler.joblib": hex}``, the
@@ -52,6 +56,7 @@ import joblib
 import numpy as np
 import safetensors.numpy
 import yaml
+from sklearn.base import is_classifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -62,7 +67,8 @@ from probebench.probes.fit import CARD_FILE, DIRECTION_FILE, Probe, ProbeImportE
 if TYPE_CHECKING:
     from probebench.params.schema import Params
 
-__all__ = ["ProbeImportError", "TargetModel", "import_probe", "parse_sha256_pins", "read_model_config", "target_model"]
+__all__ = ["READ_POSITIONS", "ProbeImportError", "TargetModel", "check_direction", "import_probe", "parse_sha256_pins",
+           "read_model_config", "target_model"]
 
 _RAW_KEYS = ("direction", "w", "weight", "coef")
 _BIAS_KEYS = ("bias", "b", "intercept")
@@ -72,6 +78,14 @@ _TWO_FILE = ("probe.joblib", "scaler.joblib")
 # config.json keys for d_model and the number of decoder blocks across HF architectures.
 _D_MODEL_KEYS = ("hidden_size", "n_embd", "d_model")
 _N_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# Token positions a probe may read: probebench reads activations at the readout token (the token
+# covering the prompt's anchor, by default its last token; docs/design.md §3). "last_token" is the
+# site's name for it (and its default); a probe fitted on another position (a mean over tokens,
+# the end of a question inside a longer prompt) would be measured on activations it never saw.
+READ_POSITIONS = ("last_token", "readout", "anchor")
+# How joblib/pickle files begin: pickle protocol >= 2 (b"\x80"), or joblib's compressors (zlib,
+# gzip, bz2, xz, lzma, lz4); other first bytes mean the file is not a pickle at all.
+_PICKLE_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00", b"\x04\x22\x4d\x18", b"ZF")
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,7 @@ def import_probe(path: str | os.PathLike, *, d_model: int | None = None, target:
         declared = [d for d in (expected_sha256, pins.get(DIRECTION_FILE)) if d is not None]
         _verify_digest(p / DIRECTION_FILE, declared)
         probe = load_probe(p)
+        check_direction(probe.direction, str(p))
         _check_d_model(p, probe.d_model, target)
         return probe
     if p.is_dir():
@@ -265,10 +280,26 @@ def _as_vector(vec: Any, p: Path, key: str | None) -> np.ndarray:
         raise ProbeImportError(f"{where}: expected a direction of shape [D] or [1, D], got {arr.shape}; "
                                "multi-class or stacked probes are not supported, save one binary direction")
     arr = arr.astype(np.float64)
-    require_finite(where, arr, ProbeImportError)
-    if not np.any(arr):
-        raise ProbeImportError(f"{where}: direction is all zeros; it cannot define a probe")
+    check_direction(arr, where)
     return arr
+
+
+def check_direction(dir_D: np.ndarray, where: str) -> None:
+    """A direction the pipeline can use: finite, with a norm that is a normal float64 (an all-zero
+    direction has none; one of 1e-320 entries squares to 0, and every unit() of it divides by 0).
+
+    >>> check_direction(np.full(4, 1e-320), "p.npy")
+    Traceback (most recent call last):
+    ...
+    probebench.probes.fit.ProbeImportError: p.npy: direction has norm 0 (largest entry 1e-320): no usable direction (all zeros, or too small for float64 to normalize); export the probe's real coefficients
+    """
+    dir_D = np.asarray(dir_D, dtype=np.float64)
+    require_finite(where, dir_D, ProbeImportError)
+    norm = float(np.linalg.norm(dir_D))
+    if not norm >= np.finfo(np.float64).tiny:
+        raise ProbeImportError(f"{where}: direction has norm {norm:.3g} (largest entry {np.abs(dir_D).max():.3g}): no "
+                               "usable direction (all zeros, or too small for float64 to normalize); export the "
+                               "probe's real coefficients")
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,6 +365,11 @@ def _import_pickles(d: Path, names: list[str], *, target: TargetModel, trust_pic
 def _bundle_probe(
     clf: Any, scaler: Any, source: Path, target: TargetModel, meta: dict, digests: dict, verified_by: dict, layout: str
 ) -> Probe:
+    if not _is_classifier(clf):
+        # A regressor's (Ridge, LinearRegression) coef_ also looks like a direction, but it predicts a
+        # number, not a class: no class boundary, no probability, nothing the site's client scores.
+        raise ProbeImportError(f"{source}: probe is a {type(clf).__module__}.{type(clf).__name__}, not a classifier; "
+                               "a ProbeBench probe is a fitted binary classifier (e.g. LogisticRegression)")
     coef = getattr(clf, "coef_", None)
     if coef is None:
         raise ProbeImportError(
@@ -355,13 +391,20 @@ def _bundle_probe(
         dir_D, bias = fold_standardized(coef_KD[0], float(intercept[0]) if intercept.size else 0.0, scaler)
     except ProbeImportError as exc:
         raise ProbeImportError(f"{source}: {exc}") from None
-    require_finite(str(source), dir_D, ProbeImportError)
+    check_direction(dir_D, f"{source} (probe {meta.get('id', source.parent.name)!r})")
     method = "logreg" if isinstance(clf, LogisticRegression) else type(clf).__name__
     card = {k: v for k, v in meta.items() if k != "sha256"}
     card.update(method=method, source=str(source), source_format=layout, sha256=digests, sha256_verified_by=verified_by)
     if scaler is not None and not isinstance(scaler, StandardScaler):
         card["scaler_type"] = type(scaler).__name__
     return Probe(direction=dir_D, bias=bias, method=method, card=card)
+
+
+def _is_classifier(obj: Any) -> bool:
+    try:
+        return bool(is_classifier(obj))
+    except Exception:  # noqa: BLE001 - an object without scikit-learn tags is no scikit-learn classifier
+        return False
 
 
 def _read_meta(d: Path) -> tuple[dict, Path | None]:
@@ -390,6 +433,12 @@ def _check_meta(meta: dict, meta_path: Path | None, target: TargetModel) -> dict
     for key in ("id", "modelId", "position"):
         if key in meta and not (isinstance(meta[key], str) and meta[key].strip()):
             raise ProbeImportError(f"{meta_path}: key {key!r} is {meta[key]!r}; it must be a non-empty string")
+    if "position" in meta and meta["position"].strip() not in READ_POSITIONS:
+        raise ProbeImportError(f"{meta_path}: position {meta['position']!r} is not implemented: probebench reads every "
+                               f"probe at the readout token (positions {list(READ_POSITIONS)}); refit the probe on "
+                               "last-token activations")
+    if meta.get("d_model") is not None:
+        meta["d_model"] = _meta_int(meta["d_model"], "d_model", meta_path)
     if "layer" in meta:
         layer = meta["layer"]
         # openinterp's own guards also accept "L31" (they strip the "L"); a bool is not a layer.
@@ -407,7 +456,7 @@ def _check_meta(meta: dict, meta_path: Path | None, target: TargetModel) -> dict
     if model_id is not None and target.model_id is not None and model_id.casefold() != target.model_id.casefold():
         raise ProbeImportError(f"{meta_path}: modelId {model_id!r} but {target.where} is hf_id {target.model_id!r}; "
                                "import the probe for the model it was trained on")
-    if meta.get("d_model") is not None and int(meta["d_model"]) != target.d_model:
+    if meta.get("d_model") is not None and meta["d_model"] != target.d_model:
         raise ProbeImportError(
             f"{meta_path}: declares d_model={meta['d_model']} but {target.where} has d_model {target.d_model}; "
             "this probe belongs to a different model"
@@ -415,11 +464,27 @@ def _check_meta(meta: dict, meta_path: Path | None, target: TargetModel) -> dict
     return meta
 
 
+def _meta_int(value: Any, key: str, meta_path: Path | None) -> int:
+    """An integer meta value: an int, or a string of digits; 64.9, "abc" and true are refused (int()
+    would truncate the first and fail with a bare ValueError on the second)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProbeImportError(f"{meta_path}: key {key!r} is {value!r}; it must be an integer (the width of the "
+                               "model's residual stream, e.g. 2304)")
+    return value
+
+
 def _declared_digests(meta: dict, meta_path: Path | None, wanted: list[str], pickles: list[str]) -> dict:
     """``{file: [(hex, origin)]}`` from meta's ``artifactSha256`` and the older ``sha256`` key."""
     out: dict[str, list[tuple[str, str]]] = {}
     where = meta_path.name if meta_path is not None else "meta"
     for key in ("artifactSha256", "artifact_sha256"):
+        if key in meta and not (isinstance(meta[key], str) and meta[key].strip()):
+            # A declared but empty digest is a broken export, not "no digest": refusing it keeps the
+            # file from loading under --trust-pickle alone.
+            raise ProbeImportError(f"{meta_path}: key {key!r} is {meta[key]!r}; give the sha256 of probe.joblib "
+                                   "(64 hex digits) or remove the key")
         if meta.get(key):
             # The site declares the digest of probe.joblib; a bundle whose only pickle has another
             # name is a renamed combined artifact, and the digest is that file's.
@@ -479,7 +544,16 @@ def _unpickle(p: Path) -> Any:
     try:
         return joblib.load(p)  # looked up at call time so tests can prove it is never reached
     except Exception as exc:  # noqa: BLE001
-        raise ProbeImportError(f"{p}: joblib.load failed ({exc}); check scikit-learn versions match") from exc
+        with open(p, "rb") as f:
+            head = f.read(8)
+        if not head.startswith(_PICKLE_MAGICS):
+            raise ProbeImportError(f"{p}: not a joblib/pickle file (it begins with {head!r}); export the probe with "
+                                   "joblib.dump") from None
+        if isinstance(exc, (ImportError, AttributeError)):
+            raise ProbeImportError(f"{p}: joblib.load failed ({exc}); it was pickled with other library versions: "
+                                   "check scikit-learn versions match") from exc
+        raise ProbeImportError(f"{p}: joblib.load failed ({type(exc).__name__}: {exc}); the file is damaged or "
+                               "truncated: export it again with joblib.dump") from exc
 
 
 def _check_d_model(p: Path, got: int, target: TargetModel) -> None:
