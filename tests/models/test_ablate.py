@@ -155,3 +155,87 @@ def test_a_batch_that_does_not_share_the_prefix_is_run_whole(tiny_models):
     other = encode_prompts(tok, test.text[:2].tolist(), test.anchor[:2].tolist(), prefix="the book was bad . verdict : no\n")
     assert drop_shared_prefix(other, shared) is None
     assert shared_prefix(tok, "", test.text[0]) is None and drop_shared_prefix(other, None) is None
+
+
+READOUT_SPECS = [AblationSpec(positions="readout"), AblationSpec(mode="mean", positions="readout")]
+
+
+@pytest.fixture
+def last_token_calls(monkeypatch):
+    """Counts the last-token engine's passes (so a test can tell it really ran, not a fallback)."""
+    import probebench.models.ablate as ablate
+
+    calls = []
+    original = ablate._last_token_logits
+    monkeypatch.setattr(ablate, "_last_token_logits", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("framed", [False, True])
+@pytest.mark.parametrize("spec", READOUT_SPECS)
+def test_last_token_engine_equals_the_full_forward_on_every_architecture(tiny_models, spec, framed, last_token_calls):
+    """Readout-only ablation through the clean pass's KV cache (one query token per edit) gives
+    the numbers of a full forward with a hook, with and without a cached framing prefix, on
+    uneven prompt lengths (right padding: some rows have pad tokens after the readout)."""
+    from probebench.prompts import few_shot_prefix
+
+    prompts = FRAMED.query("split == 'test'").reset_index(drop=True) if framed else PROMPTS
+    prefix = few_shot_prefix(FRAMED, (FRAMED.split == "train").to_numpy(), k=2) if framed else ""
+    for family, (model, tok) in tiny_models.items():
+        d = model.config.get_text_config().hidden_size
+        kw = dict(layer=1, dirs_KD=np.random.default_rng(0).normal(size=(5, d)), spec=spec, prefix=prefix,
+                  mus_K=np.random.default_rng(1).normal(size=5), batch_size=7)
+        naive = ablation_effects(model, tok, prompts, engine="hooks", **kw)
+        before = len(last_token_calls)
+        fast = ablation_effects(model, tok, prompts, **kw)  # auto: readout-only -> last_token
+        assert len(last_token_calls) > before, family
+        for key in naive:
+            assert np.abs(fast[key] - naive[key]).max() <= 1e-4, (family, key)
+        assert np.abs(fast["ablated_margin_KN"] - fast["clean_margin_N"]).max() > 1e-4, family
+
+
+def test_last_token_readout_edits_and_kl_equal_the_prefix_engine(tiny_models, last_token_calls):
+    """The crosscoder audit's path: per-prompt edits at the readout, margins and KL, last-token
+    engine against the whole-prompt one; one pass carries many edits (chunks of k > 1)."""
+    from probebench.models.ablate import readout_edit_effects
+
+    for family, (model, tok) in tiny_models.items():
+        d = model.config.get_text_config().hidden_size
+        edits = np.random.default_rng(3).normal(size=(6, len(PROMPTS), d)) * 3
+        ref = readout_edit_effects(model, tok, PROMPTS, layer=0, edits_KND=edits, batch_size=9, engine="prefix")
+        before = len(last_token_calls)
+        out = readout_edit_effects(model, tok, PROMPTS, layer=0, edits_KND=edits, batch_size=9)
+        assert len(last_token_calls) > before, family
+        for key in ref:
+            assert np.abs(out[key] - ref[key]).max() <= 1e-4, (family, key)
+        assert out["kl_KN"].max() > 1e-3, family
+
+
+def test_last_token_engine_carries_a_sliding_window_shorter_than_the_prompt(tiny_models, last_token_calls):
+    """Gemma-2's local layers see only the last `sliding_window` keys: with a window of 4 tokens
+    (prompts are ~20) the last-token masks must carry it, per layer type. The window must matter
+    (the full forward with and without it differs), or this test could not fail."""
+    model, tok = tiny_models["gemma2"]
+    config = model.config.get_text_config()
+    d, window = config.hidden_size, config.sliding_window
+    kw = dict(layer=0, dirs_KD=np.random.default_rng(0).normal(size=(3, d)), spec=AblationSpec(positions="readout"),
+              batch_size=10)
+    try:
+        config.sliding_window = 4
+        short = ablation_effects(model, tok, PROMPTS, engine="hooks", **kw)
+        fast = ablation_effects(model, tok, PROMPTS, **kw)
+        config.sliding_window = 10_000
+        unlimited = ablation_effects(model, tok, PROMPTS, engine="hooks", **kw)
+    finally:
+        config.sliding_window = window
+    assert last_token_calls
+    assert np.abs(short["ablated_margin_KN"] - unlimited["ablated_margin_KN"]).max() > 1e-3
+    for key in short:
+        assert np.abs(fast[key] - short[key]).max() <= 1e-4, key
+
+
+def test_last_token_engine_is_refused_for_edits_beyond_the_readout(tiny_models):
+    model, tok = tiny_models["llama"]
+    with pytest.raises(AblationError, match="readout token at one block"):
+        ablation_effects(model, tok, PROMPTS, layer=1, dirs_KD=np.ones((1, 32)), spec=AblationSpec(),
+                         engine="last_token")

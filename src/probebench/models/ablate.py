@@ -7,12 +7,17 @@ L to the last (`from_layer`). The effect is read at the readout token:
     delta = margin_ablated - margin_clean,  margin = logit(pos) - logit(neg)
 (token-margin normalization: a shift applied to every logit cancels).
 
-Two engines give the same numbers (tested to 1e-4 on every zoo architecture):
+Three engines give the same numbers (tested to 1e-4 on every zoo architecture):
 - `hooks`: the obvious way, a full forward per direction batch with a forward hook at block L.
 - `prefix` (default): blocks 0..L are identical for the clean run and every ablated run, so they
   run once per prompt batch; for each direction batch blocks 0..L are swapped for stubs that
   hand over the cached (ablated) block-L residual, and only blocks L+1.. run. The model's own
   forward still builds masks and rotary/learned positions, so this works across architectures.
+- `last_token` (used where only the readout token is edited: `positions: readout` with
+  `layers: single`, and the crosscoder audit): every earlier position is unchanged at every
+  layer, so the clean pass's KV cache serves all of them. Each edited readout token runs alone
+  through blocks L+1.. over that cache; K edits of one prompt ride as K query tokens at the same
+  position, each seeing the clean past and itself (a 4-D mask), so the cache is never copied.
 
     >>> spec = AblationSpec(mode="projection", positions="all", layers="single")
     >>> out = ablation_effects(model, tok, test_prompts, layer=1, dirs_KD=dirs, spec=spec)  # doctest: +SKIP
@@ -37,7 +42,9 @@ from probebench.models.extract import (
     SharedPrefix,
     check_finite,
     class_token_ids,
+    _past_key_values_accepted,
     drop_shared_prefix,
+    empty_cache,
     encode_prompts,
     expand_cache,
     margin_stats,
@@ -182,7 +189,7 @@ def direction_batch_size(model: PreTrainedModel, batch: PromptBatch, n_dirs: int
 @torch.no_grad()
 def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *,
                      layer: int, dirs_KD: np.ndarray, spec: AblationSpec, mus_K: np.ndarray | None = None,
-                     engine: Literal["prefix", "hooks"] = "prefix", batch_size: int = 64,
+                     engine: Literal["auto", "prefix", "hooks", "last_token"] = "auto", batch_size: int = 64,
                      memory_budget_bytes: float = 2e9, where: str = "",
                      progress: Callable[[int], None] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
     """Clean and ablated readouts for K directions on the prompts (in their order), each prompt
@@ -190,9 +197,16 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     Returns float32 arrays: `clean_{margin,logit_pos,logprob_pos}_N` and
     `ablated_{margin,logit_pos,logprob_pos}_KN`. Directions are normalized to unit length.
+    `engine="auto"`: `last_token` where the spec edits the readout token only, else `prefix`.
     """
-    if engine not in ("prefix", "hooks"):
-        raise AblationError(f"engine {engine!r}: use prefix or hooks")
+    if engine not in ("auto", "prefix", "hooks", "last_token"):
+        raise AblationError(f"engine {engine!r}: use auto, prefix, hooks or last_token")
+    readout_only = spec.positions == "readout" and spec.layers == "single"
+    if engine == "last_token" and not readout_only:
+        raise AblationError(f"{where}: the last_token engine edits the readout token at one block only; "
+                            f"spec {spec.to_dict()} needs engine prefix or hooks")
+    if engine == "auto":
+        engine = "last_token" if readout_only else "prefix"
     dirs_KD = np.asarray(dirs_KD, dtype=np.float64)
     if dirs_KD.ndim != 2:
         raise AblationError(f"{where}: directions must be [K, D], got shape {dirs_KD.shape}")
@@ -224,6 +238,12 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             return [(blocks[layer], _edit_hook(dirs, chunk_mus, where_BP, B)), *later]
         return later
 
+    def make_readout_resid(resid_BD, rows, k0, k):
+        coef_Bk = resid_BD @ units_KD[k0: k0 + k].T
+        if mus is not None:
+            coef_Bk = coef_Bk - mus[k0: k0 + k][None]
+        return resid_BD[None] - coef_Bk.T[..., None] * units_KD[k0: k0 + k][:, None, :]
+
     def make_prefix_hooks(shared: SharedPrefix, k0, k):
         """Hooks that edit the shared framing prefix for directions k0..k0+k (rows: one per
         direction), or None when the spec leaves the prefix alone (the readout is in the task text)."""
@@ -235,18 +255,24 @@ def ablation_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return [(blocks[i], _edit_hook(dirs, None, edit_1P, 1)) for i in edited]
 
     return _edit_passes(model, tokenizer, prompts, layer=layer, n_edits=len(units_KD),
-                        make_resid=make_resid if engine == "prefix" else None, make_hooks=make_hooks,
+                        make_resid=make_resid if engine != "hooks" else None, make_hooks=make_hooks,
                         batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, where=where, progress=progress,
-                        prefix=prefix, make_prefix_hooks=make_prefix_hooks)
+                        prefix=prefix, make_prefix_hooks=make_prefix_hooks,
+                        make_readout_resid=make_readout_resid if engine == "last_token" else None)
 
 
 @torch.no_grad()
 def readout_edit_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame, *,
                          layer: int, edits_KND: np.ndarray, batch_size: int = 64, memory_budget_bytes: float = 2e9,
-                         where: str = "", progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+                         where: str = "", progress: Callable[[int], None] | None = None,
+                         engine: Literal["last_token", "prefix"] = "last_token", prefix: str = "") -> dict[str, np.ndarray]:
     """Subtract a per-prompt vector from block `layer`'s output at the readout token, K edits
     (e.g. a crosscoder latent's contribution f_j(x) d_j). Same outputs as `ablation_effects` plus
-    `kl_KN` = KL(ablated || clean) of the next-token distribution at the readout."""
+    `kl_KN` = KL(ablated || clean) of the next-token distribution at the readout. `engine`:
+    `last_token` (default) or `prefix` (the whole prompt after block `layer`; to compare). Each
+    prompt follows the framing `prefix`, which is not edited."""
+    if engine not in ("last_token", "prefix"):
+        raise AblationError(f"engine {engine!r}: use last_token or prefix")
     edits_KND = np.asarray(edits_KND)
     if edits_KND.ndim != 3 or edits_KND.shape[1] != len(prompts) or edits_KND.shape[2] != _width(model):
         raise AblationError(f"{where}: edits must be [K, N={len(prompts)}, D={_width(model)}], got {edits_KND.shape}")
@@ -259,9 +285,13 @@ def readout_edit_effects(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         resid_kBPD[:, b, batch.readout_B] = resid_kBPD[:, b, batch.readout_B] - edits[k0: k0 + k, rows]
         return resid_kBPD
 
+    def make_readout_resid(resid_BD, rows, k0, k):
+        return resid_BD[None] - edits[k0: k0 + k, rows]
+
     return _edit_passes(model, tokenizer, prompts, layer=layer, n_edits=len(edits), make_resid=make_resid,
                         make_hooks=lambda batch, k0, k: [], batch_size=batch_size,
-                        memory_budget_bytes=memory_budget_bytes, where=where, progress=progress, with_kl=True)
+                        memory_budget_bytes=memory_budget_bytes, where=where, progress=progress, with_kl=True,
+                        prefix=prefix, make_readout_resid=make_readout_resid if engine == "last_token" else None)
 
 
 def _device_dtype(model: PreTrainedModel) -> tuple[torch.device, torch.dtype]:
@@ -271,7 +301,7 @@ def _device_dtype(model: PreTrainedModel) -> tuple[torch.device, torch.dtype]:
 
 def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_hooks, batch_size,
                  memory_budget_bytes, where, progress, with_kl=False, prefix: str = "",
-                 make_prefix_hooks=None) -> dict[str, np.ndarray]:
+                 make_prefix_hooks=None, make_readout_resid=None) -> dict[str, np.ndarray]:
     """The shared loop: per prompt batch one clean pass (capturing block `layer`'s output), then
     per chunk of edits either the suffix only with the edited residual injected (`make_resid`,
     prefix reuse) or a full forward with the edit hooks (`make_resid=None`).
@@ -280,7 +310,12 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
     the clean pass, and per chunk of edits once more with the edits applied to the prefix
     (`make_prefix_hooks`; None: the prefix is not edited, the clean cache serves), so each prompt
     runs only its own tokens. Blocks up to `layer` keep the clean prefix's keys and values (an
-    edit of block `layer`'s output does not reach them)."""
+    edit of block `layer`'s output does not reach them).
+
+    With `make_readout_resid` (edits of the readout token only: [B, D] clean readout residuals ->
+    [k, B, D] edited ones) the clean pass also keeps its KV cache, and each chunk of edits runs
+    the readout token alone over it (`_last_token_logits`); where the prompt outgrows the model's
+    sliding window the batch runs whole instead of after the cached prefix."""
     blocks = decoder_blocks(model)
     if not 0 <= layer < len(blocks):
         raise AblationError(f"{where}: layer {layer} out of range for {len(blocks)} blocks")
@@ -294,8 +329,11 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
     clean_cache = prefix_cache(model, shared) if shared is not None else None
     for start in range(0, len(texts), batch_size):
         rows = slice(start, start + batch_size)
-        batch = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows], prefix=prefix).to(device)
-        batch = drop_shared_prefix(batch, shared) or batch
+        whole = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows], prefix=prefix).to(device)
+        batch = drop_shared_prefix(whole, shared) or whole
+        last_token = make_readout_resid is not None
+        if last_token and not _prefix_in_window(model, batch):
+            batch = whole  # the prefix cache's sliding layers keep only the last window of keys
         B = batch.ids_BP.shape[0]
         captured: dict = {}
 
@@ -312,23 +350,34 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
                 return expand_cache(clean_cache, k * B)
             return expand_cache(prefix_cache(model, shared, hook_list=prefix_hooks, k=k), B)
 
+        if last_token:  # the clean pass fills a cache of every position (prefix included) for the edits
+            past = expand_cache(clean_cache, B) if batch.n_past else empty_cache(model, sliding=False)
+        else:
+            past = expand_cache(clean_cache, B) if batch.n_past else None
         with hooks([(blocks[layer], capture)]):
-            clean_BV = readout_only_logits(model, batch, past_key_values=expand_cache(clean_cache, B)
-                                           if batch.n_past else None).float()
+            clean_BV = readout_only_logits(model, batch, past_key_values=past).float()
         clean_stats = margin_stats(clean_BV, pos, neg)
         check_finite("clean logits", clean_stats["margin"], where=where)
         for key in keys:
             clean[key].append(clean_stats[key].cpu().numpy())
         clean_logp_BV = torch.log_softmax(clean_BV, dim=-1)
-        k_step = direction_batch_size(model, batch, n_edits, memory_budget_bytes)
+        if last_token:
+            readout_BD = captured["resid_BPD"][torch.arange(B, device=device), batch.readout_B]
+            k_step = last_token_batch_size(model, B, n_edits, memory_budget_bytes)
+        else:
+            k_step = direction_batch_size(model, batch, n_edits, memory_budget_bytes)
         chunks = {key: [] for key in ablated}
         for k0 in range(0, n_edits, k_step):
             k = min(k_step, n_edits - k0)
-            cache = chunk_cache(k0, k)
-            if make_resid is None:
+            if last_token:
+                logits_kBV = _last_token_logits(model, batch, past, make_readout_resid(readout_BD, rows, k0, k),
+                                                layer=layer, as_tuple=captured["as_tuple"])
+            elif make_resid is None:
+                cache = chunk_cache(k0, k)
                 with hooks(make_hooks(batch, k0, k)):
                     logits_kBV = readout_only_logits(model, batch, k=k, past_key_values=cache)
             else:
+                cache = chunk_cache(k0, k)
                 resid_kBPD = make_resid(captured["resid_BPD"], batch, rows, k0, k)
                 with prefix_stubs(model, layer, captured["as_tuple"]) as inject, hooks(make_hooks(batch, k0, k)):
                     inject.resid = resid_kBPD.reshape(k * B, *resid_kBPD.shape[2:])
@@ -351,6 +400,95 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
     if with_kl:
         out["kl_KN"] = out.pop("ablated_kl_KN")
     return out
+
+
+def _sliding_window(model: PreTrainedModel) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window else None
+
+
+def _prefix_in_window(model: PreTrainedModel, batch: PromptBatch) -> bool:
+    """Whether the last-token engine can start from the cached prefix: where the model has a
+    sliding window, only if the whole prompt lies within it (that cache's sliding layers keep
+    the last window of keys only). Otherwise the batch runs whole into a cache that keeps every
+    position in every layer, and the masks carry the window."""
+    window = _sliding_window(model)
+    return not batch.n_past or not window or batch.n_past + batch.ids_BP.shape[1] < window
+
+
+def last_token_batch_size(model: PreTrainedModel, B: int, n_edits: int, budget_bytes: float) -> int:
+    """How many edits share one last-token pass: k * B query tokens, bounded on CPU by
+    CPU_TOKENS_PER_PASS and everywhere by the full-vocabulary logits they return (with their
+    softmax, ~3 copies of k * B * V at the model's precision) within `budget_bytes`."""
+    param = next(model.parameters())
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    per_edit = B * (3 * vocab + 16 * _width(model)) * param.element_size()
+    k = min(n_edits, int(budget_bytes // max(per_edit, 1)))
+    if param.device.type == "cpu":
+        k = min(k, CPU_TOKENS_PER_PASS // max(B, 1))
+    return int(max(1, k))
+
+
+class _FrozenPast:
+    """A view of a filled KV cache whose `update` returns the cached keys and values followed by
+    the new ones without storing them, so one clean cache serves every chunk of edits."""
+
+    @staticmethod
+    def of(cache):
+        import copy
+
+        view = copy.copy(cache)  # shares the layers; only `update` differs
+
+        def update(key_states, value_states, layer_idx, *args, **kwargs):
+            if hasattr(cache, "layers"):
+                keys, values = cache.layers[layer_idx].keys, cache.layers[layer_idx].values
+            else:  # transformers < 4.56
+                keys, values = cache.key_cache[layer_idx], cache.value_cache[layer_idx]
+            return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+        view.update = update
+        return view
+
+
+def _last_token_logits(model: PreTrainedModel, batch: PromptBatch, past, resid_kBD: torch.Tensor, *, layer: int,
+                       as_tuple: bool) -> torch.Tensor:
+    """Logits [k*B, V] (direction-major rows) of each prompt's readout token with block `layer`'s
+    output replaced by `resid_kBD`, run through blocks layer+1.. over the clean pass's cache `past`
+    (n_past + P positions per row). The k edits of row b are k query tokens at the readout's
+    position: each attends to row b's real tokens before the readout, and to itself; in a
+    sliding-window layer only to those within the window (a dict of masks per layer type where the
+    model mixes full and sliding layers)."""
+    k, B, _ = resid_kBD.shape
+    device, dtype = _device_dtype(model)
+    b = torch.arange(B, device=device)
+    P = batch.ids_BP.shape[1]
+    ids_Bk = batch.ids_BP[b, batch.readout_B][:, None].expand(B, k)
+    pos_Bk = batch.position_ids_BP[b, batch.readout_B][:, None].expand(B, k)
+    before_BP = (torch.arange(P, device=device)[None] < batch.readout_B[:, None]) & batch.mask_BP.bool()
+    past_BL = torch.cat([torch.ones(B, batch.n_past, dtype=torch.bool, device=device), before_BP], dim=1)
+    self_kk = torch.eye(k, dtype=torch.bool, device=device)[None].expand(B, k, k)
+
+    def additive(allow_BL):
+        allow_Bkl = torch.cat([allow_BL[:, None, :].expand(B, k, -1), self_kk], dim=2)
+        return torch.zeros(allow_Bkl.shape, dtype=dtype, device=device).masked_fill(
+            ~allow_Bkl, torch.finfo(dtype).min)[:, None]
+
+    mask = additive(past_BL)
+    window = _sliding_window(model)
+    if window and past_BL.shape[1] >= window:
+        # HF's sliding window: key index > query index - window; the query sits at the readout's index
+        query_B = batch.n_past + batch.readout_B
+        near_BL = torch.arange(past_BL.shape[1], device=device)[None] > (query_B - window)[:, None]
+        sliding = additive(past_BL & near_BL)
+        layer_types = getattr(model.config.get_text_config() if hasattr(model.config, "get_text_config")
+                              else model.config, "layer_types", None)
+        mask = {"full_attention": mask, "sliding_attention": sliding} if layer_types else sliding
+    with prefix_stubs(model, layer, as_tuple) as inject, _past_key_values_accepted():
+        inject.resid = resid_kBD.transpose(0, 1).contiguous()
+        logits_BkV = model(input_ids=ids_Bk, attention_mask=mask, position_ids=pos_Bk,
+                           past_key_values=_FrozenPast.of(past), use_cache=True).logits
+    return logits_BkV.transpose(0, 1).reshape(k * B, -1)
 
 
 def _width(model: PreTrainedModel) -> int:

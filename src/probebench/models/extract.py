@@ -108,20 +108,28 @@ def drop_shared_prefix(batch: PromptBatch, shared: SharedPrefix | None) -> Promp
 def prefix_cache(model: PreTrainedModel, shared: SharedPrefix, *, hook_list: Sequence = (), k: int = 1):
     """The KV cache of the shared prefix, batch k (one row per direction when `hook_list` edits k
     directions on a [k, P, D] block output)."""
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     ids = shared.ids_P.to(device)[None].repeat(k, 1)
-    try:
-        cache = DynamicCache(config=model.config)  # sliding-window layers where the model has them
-    except TypeError:  # transformers < 4.56
-        cache = DynamicCache()
+    cache = empty_cache(model)
     keep = {"logits_to_keep": 1} if _supports_2d_logits_to_keep(model) else {}
     with hooks(list(hook_list)), _past_key_values_accepted():
         model(input_ids=ids, attention_mask=torch.ones_like(ids),
               position_ids=torch.arange(ids.shape[1], device=device)[None].repeat(k, 1), past_key_values=cache,
               use_cache=True, **keep)
     return cache
+
+
+def empty_cache(model: PreTrainedModel, *, sliding: bool = True):
+    """A new KV cache for `model`: with sliding-window layers where the model has them (they keep
+    only the last window of keys), or with `sliding=False` every layer keeping every position."""
+    from transformers import DynamicCache
+
+    if not sliding:
+        return DynamicCache()
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache()
 
 
 def expand_cache(cache, repeats: int):
