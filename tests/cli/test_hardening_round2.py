@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -137,6 +138,44 @@ def test_an_address_that_answers_but_is_no_ray_cluster_is_one_line(monkeypatch, 
         backends.connect_ray("10.0.0.9:6379", None)
     assert "gcs_client" not in capfd.readouterr().err   # Ray's retry log is held back
     assert "RAY_gcs_server_port_wait_time_s" not in os.environ
+
+
+@pytest.mark.parametrize("reply, refused", [(b"HTTP/1.1 400 Bad Request\r\n\r\n", True), (None, True),
+                                           (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", False)])
+def test_a_port_that_answers_but_speaks_no_grpc_is_refused_in_seconds(reply, refused):
+    """A real listener (not a mock of Ray): an HTTP/1 server or a silent port is refused within the
+    probe's timeout, before ray.init could retry it for minutes; a peer that answers the HTTP/2
+    preface with a SETTINGS frame, as Ray's gRPC GCS does, passes the probe."""
+    import socket
+    import threading
+    import time
+
+    from probebench.executor import backends
+    from probebench.executor.plan import ExecutorError
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            time.sleep(2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.perf_counter()
+    try:
+        if refused:
+            with pytest.raises(ExecutorError, match=rf"^--address 127\.0\.0\.1:{port}: something listens at "
+                                                    rf"127\.0\.0\.1:{port} but it is no Ray cluster"):
+                backends.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
+        else:
+            backends.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
+    finally:
+        server.close()
+    assert time.perf_counter() - t0 < 5
 
 
 # --- item 4: the restore advice only when a stage failed; unknown stages and the lock said as such ----------
@@ -278,6 +317,21 @@ def test_pinned_crosscoder_refusal_names_crosscoder_source(tmp_path, monkeypatch
     assert not (tmp_path / "data" / "crosscoder").exists()
 
 
+def test_pinned_crosscoder_with_other_model_weights_says_fingerprints_not_params():
+    """The pinned crosscoder's record holds the models' fingerprints under `models`: a mismatch is
+    said as what it is, not as params.yaml's `models:` section."""
+    from probebench.artifacts.pinned import PinnedError, read_manifest, verify
+
+    entry = read_manifest(ROOT / "zoo")["crosscoder"]
+    changed = {**entry["params"], "models": {k: "0" * 64 for k in entry["params"]["models"]}}
+    with pytest.raises(PinnedError) as info:
+        verify(ROOT / "zoo" / "crosscoder", entry, params=changed, where="crosscoder_train",
+               retrain=("crosscoder.source: train", "probebench zoo pin --crosscoder"))
+    text = str(info.value)
+    assert "the fingerprints (weights' sha256) of the models it was trained on differ" in text, text
+    assert "['models']" not in text and "set crosscoder.source: train" in text
+
+
 def test_duplicate_bundle_ids_name_their_params_keys():
     ids = {("sentiment", "llama-s"): "probebench-sentiment-llama-s", ("sentiment", "a"): "alice/x",
            ("consistency", "b"): "alice/x"}
@@ -312,3 +366,23 @@ def test_exp_has_a_short_name_for_every_headline_number():
 
     stats = {key.split("/", 1)[1] for key in headline(read_cells(Path(cli.__file__).parents[3] / "reports" / "cells.csv"))}
     assert stats and stats <= set(STAT_ABBREV), stats - set(STAT_ABBREV)
+
+
+def test_imported_probes_rows_stay_out_of_the_headline():
+    """Imported probes' rows (scored or not) and unscored rows change no headline number: six rows of
+    rho -0.9 planted into the committed cells leave every figure as it was; the same rows as default
+    sources' scored cells do move it (so the comparison could fail)."""
+    from probebench.cells.schema import read_cells
+    from probebench.cells.spread import headline
+
+    cells = read_cells(ROOT / "reports" / "cells.csv")
+    base = headline(cells)
+    sample = cells[(cells.task == "sentiment") & ~cells.diagonal & cells.scored.astype(bool)].head(6).copy()
+    sample["pearson"] = -0.9
+    planted = sample.assign(source=[f"alice-{i}" for i in range(6)], imported=True,
+                            scored=[True, False] * 3)
+    assert headline(pd.concat([cells, planted], ignore_index=True)) == base
+    unscored = sample.assign(source=[f"zz-{i}" for i in range(6)], target="zz", scored=False)
+    assert headline(pd.concat([cells, unscored], ignore_index=True)) == base
+    as_default = sample.assign(source="aa", target=[f"zz-{i}" for i in range(6)])
+    assert headline(pd.concat([cells, as_default], ignore_index=True))["sentiment/mean_rho"] < base["sentiment/mean_rho"]

@@ -222,7 +222,7 @@ def _same_bundle_id(raw, root):
 
 
 @pytest.mark.parametrize("case", ["names", "hf_ids", "fitted_ids", "imported_ids", "imported_id_invalid", "preset_dirs",
-                                  "checkpoint"])
+                                  "checkpoint", "checkpoint_garbage", "checkpoint_keys"])
 def test_names_ids_and_paths_are_checked(tmp_path, case):
     raw = project_params()
     if case == "names":
@@ -247,10 +247,24 @@ def test_names_ids_and_paths_are_checked(tmp_path, case):
         raw = _preset()
         needles = ["models.gemma-2-2b.path 'models/gemma-2-2b' does not exist and no stage builds it",
                    "hf download google/gemma-2-2b --local-dir models/gemma-2-2b"]
-    else:
+    elif case == "checkpoint":
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         raw["crosscoder"]["checkpoint"] = "models/crosscoder/model_final.pt"
         needles = ["crosscoder.checkpoint 'models/crosscoder/model_final.pt' does not exist"]
+    elif case == "checkpoint_garbage":  # found by check, not by crosscoder_train after both extracts
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        (tmp_path / "models").mkdir()
+        (tmp_path / "models" / "cc.pt").write_bytes(b"PK\x03\x04 this is no checkpoint" * 10)
+        raw["crosscoder"]["checkpoint"] = "models/cc.pt"
+        needles = ["crosscoder.checkpoint: ", "models/cc.pt: not a torch checkpoint that loads with weights_only=True"]
+    else:  # a real torch file whose keys are no crosscoder layout
+        import torch
+
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        (tmp_path / "models").mkdir()
+        torch.save({"linear.weight": torch.zeros(2, 2)}, tmp_path / "models" / "cc.pt")
+        raw["crosscoder"]["checkpoint"] = "models/cc.pt"
+        needles = ["crosscoder.checkpoint: ", "models/cc.pt: unrecognised key layout ['linear.weight']"]
     check_fails(tmp_path, raw, *needles)
 
 

@@ -57,6 +57,10 @@ def materialize(pinned: str | Path, entry: dict | None, out: str | Path, *, para
         shutil.copytree(pinned, tmp, dirs_exist_ok=True)
 
 
+# keys of a pinned entry's params that are no params.yaml keys, said in words
+_MEANING = {"models": "the fingerprints (weights' sha256) of the models it was trained on"}
+
+
 def verify(pinned: str | Path, entry: dict | None, *, params: dict, where: str,
            retrain: tuple[str, str] = ("zoo.source: train", "probebench zoo pin")) -> None:
     """Refuse a pinned directory that is missing, altered, or was trained with other params.
@@ -70,7 +74,9 @@ def verify(pinned: str | Path, entry: dict | None, *, params: dict, where: str,
     if _canonical(params) != entry["params"]:
         changed = sorted(k for k in set(params) | set(entry["params"])
                          if _canonical(params).get(k) != entry["params"].get(k))
-        raise PinnedError(f"{where}: params {changed} differ from those the pinned snapshot {pinned} was trained "
+        plain = [k for k in changed if k not in _MEANING]
+        shown = " and ".join(([f"params {plain}"] if plain else []) + [_MEANING[k] for k in changed if k in _MEANING])
+        raise PinnedError(f"{where}: {shown} differ from what the pinned snapshot {pinned} was trained "
                           f"with; set {switch} to retrain (then `{pin}`), or restore them")
     got = dir_digests(pinned)
     if got != entry["files"]:

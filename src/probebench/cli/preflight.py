@@ -109,6 +109,13 @@ def _check_paths(params: Params, root: Path, source: str) -> None:
     if cc is not None and cc.checkpoint is not None and not _under(root, cc.checkpoint).exists():
         raise ParamsError(f"{source}: crosscoder.checkpoint {cc.checkpoint!r} does not exist; put the published "
                           "crosscoder there (.pt/.safetensors or a directory with cfg.json) or set checkpoint: null")
+    if cc is not None and cc.checkpoint is not None:
+        from probebench.crosscoder.loading import CrossCoderLoadError, check_checkpoint
+
+        try:
+            check_checkpoint(_under(root, cc.checkpoint))
+        except CrossCoderLoadError as exc:
+            raise ParamsError(f"{source}: crosscoder.checkpoint: {exc}") from None
 
 
 def _smallest(draws_of, alpha: float) -> int:

@@ -424,14 +424,26 @@ def load_native_state(state: dict[str, torch.Tensor], *, source: str = "<state d
 
 
 # ---------------------------------------------------------------------- files
-def _read_weights(path: Path) -> dict[str, Any]:
+def _read_weights(path: Path, *, lazy: bool = False) -> dict[str, Any]:
+    """The file's state dict; `lazy`: tensors memory-mapped where the format allows (keys and
+    shapes without reading a multi-GB file: what `check_checkpoint` needs)."""
     if path.suffix == ".safetensors":
         try:
+            if lazy:
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:
+                    return {key: f.get_slice(key) for key in f.keys()}
             return dict(_st_load_file(str(path)))
         except Exception as exc:  # noqa: BLE001 - re-raised as one line
             raise CrossCoderLoadError(f"{path}: not a readable safetensors file ({exc}); fix: re-download or re-save it") from exc
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=lazy)
+        except RuntimeError as exc:
+            if not lazy or "mmap" not in str(exc):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format: no mmap
     except Exception as exc:  # noqa: BLE001 - re-raised as one line
         raise CrossCoderLoadError(
             f"{path}: not a torch checkpoint that loads with weights_only=True ({_torch_load_reason(exc)}): a damaged "
@@ -506,19 +518,8 @@ def load_crosscoder(path: str | Path, *, d_model: int | None = None, n_models: i
     weights_path, cfg_path = _weights_and_cfg(path)
     state = _strip_prefix(_read_weights(weights_path))
     source = str(weights_path)
+    layout = _layout(state, source)
     kw = {"source": source, "d_model": d_model, "n_models": n_models, "strict": strict}
-    # pick the layout sharing the most weight keys with the file (names, not shapes)
-    overlap = {
-        "native": len(set(state) & set(_NATIVE_WEIGHTS[:4])),
-        "dictionary_learning": len(set(state) & set(_DL_KEYS[:4])),
-        "wdec": len(set(state) & set(_WDEC_KEYS)),
-    }
-    layout = max(overlap, key=overlap.get)
-    if overlap[layout] == 0:
-        raise CrossCoderLoadError(
-            f"{source}: unrecognised key layout {sorted(state)[:12]}; fix: expected probebench "
-            f"{list(_NATIVE_WEIGHTS[:4])}, dictionary_learning {list(_DL_KEYS[:4])} or {list(_WDEC_KEYS)} + cfg.json"
-        )
     if layout == "native":
         return load_native_state(state, **kw)
     if layout == "dictionary_learning":
@@ -531,6 +532,38 @@ def load_crosscoder(path: str | Path, *, d_model: int | None = None, n_models: i
             f"next to it; fix: put cfg.json in {weights_path.parent}"
         )
     return load_wdec_layout(state, _read_cfg(cfg_path), **kw)
+
+
+def check_checkpoint(path: str | Path) -> str:
+    """What `probebench check` can know about a crosscoder checkpoint without loading it: the
+    file (or the one final save in a folder) reads as a weights-only state dict whose keys are a
+    known layout (cfg.json beside the W_enc/W_dec one). Tensors stay memory-mapped. Returns the
+    layout; raises CrossCoderLoadError with the loader's one line."""
+    weights_path, cfg_path = _weights_and_cfg(Path(path))
+    source = str(weights_path)
+    layout = _layout(_strip_prefix(_read_weights(weights_path, lazy=True)), source)
+    if layout == "wdec" and cfg_path is None:
+        raise CrossCoderLoadError(f"{source}: the W_enc/W_dec layout needs cfg.json next to it; fix: put cfg.json in "
+                                  f"{weights_path.parent}")
+    if cfg_path is not None:
+        _read_cfg(cfg_path)
+    return layout
+
+
+def _layout(state: dict[str, Any], source: str) -> str:
+    """The layout sharing the most weight keys with the file (names, not shapes)."""
+    overlap = {
+        "native": len(set(state) & set(_NATIVE_WEIGHTS[:4])),
+        "dictionary_learning": len(set(state) & set(_DL_KEYS[:4])),
+        "wdec": len(set(state) & set(_WDEC_KEYS)),
+    }
+    layout = max(overlap, key=overlap.get)
+    if overlap[layout] == 0:
+        raise CrossCoderLoadError(
+            f"{source}: unrecognised key layout {sorted(state)[:12]}; fix: expected probebench "
+            f"{list(_NATIVE_WEIGHTS[:4])}, dictionary_learning {list(_DL_KEYS[:4])} or {list(_WDEC_KEYS)} + cfg.json"
+        )
+    return layout
 
 
 def _read_cfg(cfg_path: Path) -> dict[str, Any]:

@@ -117,12 +117,40 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
         raise ExecutorError(f"--address {address!r}: expected HOST:PORT (the address `ray start --head` prints, e.g. "
                             "10.0.0.5:6379), ray://HOST:PORT or auto")
     try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
+        with socket.create_connection((host, port), timeout=timeout_s) as conn:
+            speaks_grpc = _answers_http2(conn)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
         raise ExecutorError(f"--address {address}: no Ray cluster answers at {host}:{port} ({reason}, waited at most "
                             f"{timeout_s:g} s); start one there with `ray start --head` and pass the address it prints, "
                             "or leave --address out to start a cluster on this machine") from None
+    if not speaks_grpc:
+        # ray.init would retry such a port for minutes before it gives up
+        raise ExecutorError(f"--address {address}: something listens at {host}:{port} but it is no Ray cluster (it "
+                            "does not answer gRPC, which Ray's GCS and client server speak); pass the address "
+                            "`ray start --head` printed (its GCS port, 6379 by default), or leave --address out to "
+                            "start a cluster on this machine")
+
+
+# The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server answers with
+# a SETTINGS frame of its own (frame type 0x4 in the 4th byte of its 9-byte header).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the peer answers the HTTP/2 preface with a SETTINGS frame (within the socket's
+    timeout). An HTTP/1 server, a database or a silent port does not."""
+    conn.sendall(_HTTP2_PREFACE)
+    head = b""
+    try:
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except (TimeoutError, socket.timeout):
+        return False
+    return len(head) == 9 and head[3] == 0x04
 
 
 def ray_request(spec: StageSpec, cluster: dict) -> dict:

@@ -44,7 +44,7 @@ def _check_slug(slug: str, where: str) -> str:
         fix = re.sub(r"[^A-Za-z0-9_-]+", "-", slug).strip("-") or "name"
         raise ValueError(f"{where} key {slug!r} must be a slug of letters, digits, '_' and '-' ([A-Za-z0-9_-]+, no '.'): "
                          f"keys are interpolated into DVC stage commands and DVC splits param keys on dots; "
-                         f"rename it (e.g. {fix!r}) and put a hub id in the model's hf_id")
+                         f"rename it (e.g. {fix!r})" + (" and put a hub id in the model's hf_id" if where == "models" else ""))
     return slug
 
 
@@ -545,7 +545,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
     if err["type"] == "extra_forbidden":
         return f"{source}: {loc}: unknown key; remove it or fix its spelling"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{source}: {loc or '(top level)'}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "value_error" and not isinstance(err.get("input"), dict) else "")
+    return (f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}") + (f" (got {err['input']!r})" if err["type"] != "value_error" and not isinstance(err.get("input"), dict) else "")
 
 
 def parse_params(raw: dict, *, source: str = "params.yaml") -> Params:
