@@ -27,11 +27,13 @@ from probebench.crosscoder.audit import (
     latent_effects,
     load_pair,
     numeric_metrics,
+    paired_activations,
     readout_activations,
     select_latents,
 )
 from probebench.crosscoder.controls import identical_pair_control, planted_change_control, sign_reversal_control
 from probebench.crosscoder import load_crosscoder
+from probebench.crosscoder.stats import pair_drift
 from probebench.artifacts.io import atomic_write_text, read_json, write_figure, write_json
 from probebench.params.schema import Params
 
@@ -149,13 +151,17 @@ def main(params: Params, argv: list[str]) -> None:
     ce = ce_statistics(effects, n_resamples=b.n_resamples, seed=b.seed, level=b.ci_level)
     table = audit_table(stats, effects, latents, ce=ce)
     summary = audit_summary(table, cos_threshold=p.cos_threshold, ce_threshold=p.ce_threshold, ce=ce, level=b.ci_level)
+    # how far the chat model moved from its base at the audit layer, every token of the audit prompts
+    drift = pair_drift(paired_activations(models, tokenizer, prompts["text"].tolist(), layers=layers))
     summary.update(n_inputs=int(len(prompts)), layer=layers, crosscoder_kind=cc.kind, selection=selection,
-                   controls=checks)
+                   controls=checks, pair_drift=drift)
     atomic_write_text(Path("reports/crosscoder/latents.csv"), table.to_csv(index=False, float_format="%.6g"))
     write_json(Path("reports/crosscoder/summary.json"), summary)
     # DVC metrics are numbers only; the named formulae and reasons stay in reports/crosscoder/summary.json.
     write_json(Path("metrics/crosscoder.json"), numeric_metrics({k: v for k, v in summary.items() if k != "layer"}))
     scatter(table, p, Path("reports/crosscoder/cosine_vs_ce.png"))
+    console.print(f"crosscoder pair {p.base} -> {p.chat}: per-token cosine (median) {drift['per_token_cosine_median']:.3f}, "
+                  f"identity R^2 {drift['identity_r2']:.3f} at the audit layer ({drift['n_tokens']} tokens)")
     sign = summary["sign"]
     if "median_ce_kl" in sign:
         console.print(f"crosscoder headline: median CE {sign['median_ce_kl']:.3f} (ce_kl, published, sign-blind) vs "

@@ -25,7 +25,7 @@ import torch
 
 from probebench.crosscoder.model import BatchTopKCrossCoder, CrossCoder, CrossCoderError
 
-__all__ = ["firing_frequency", "latent_table", "select_shared_latents", "rel_norm_spread", "choose_latents"]
+__all__ = ["firing_frequency", "latent_table", "select_shared_latents", "rel_norm_spread", "choose_latents", "pair_drift"]
 
 
 @torch.no_grad()
@@ -162,3 +162,31 @@ def choose_latents(table: pd.DataFrame, *, rel_norm_band: tuple[float, float], t
             f"level {spread_init:.3f}: every latent sits in any band around 0.5, so the band would select on the "
             "initialization; whether that is 'all shared' or 'not trained' is decided by the controls")
     return latents, record
+
+
+def pair_drift(acts_NMD: np.ndarray) -> dict[str, float]:
+    """How far the second model's activations moved from the first's, token by token (e.g. a
+    fine-tune from its base, at the audit layer): the median per-token cosine, and the identity
+    R^2 = 1 - sum ||h_1 - h_0||^2 / sum ||h_1 - mean(h_1)||^2 (how much of the second model's
+    variance the first's activations explain unchanged; 1 = identical, 0 = no better than its mean,
+    negative = worse). Over rows of acts_NMD [N tokens, 2, D].
+
+    Example (an identical pair is 1 and 1; noise of half the signal's variance: R^2 = 1 - 0.5 / 1.5):
+        >>> rng = np.random.default_rng(0)
+        >>> h = rng.normal(size=(20000, 1, 16))
+        >>> pair_drift(np.concatenate([h, h], axis=1))
+        {'per_token_cosine_median': 1.0, 'identity_r2': 1.0, 'n_tokens': 20000}
+        >>> d = pair_drift(np.concatenate([h, h + rng.normal(size=h.shape) / 2 ** 0.5], axis=1))
+        >>> round(d["identity_r2"], 2)
+        0.67
+    """
+    acts = np.asarray(acts_NMD, dtype=np.float64)
+    if acts.ndim != 3 or acts.shape[1] != 2:
+        raise CrossCoderError(f"pair_drift: expected activations [N, 2, D], got {acts.shape}")
+    h0, h1 = acts[:, 0], acts[:, 1]
+    norms = np.linalg.norm(h0, axis=1) * np.linalg.norm(h1, axis=1)
+    cos = np.divide((h0 * h1).sum(axis=1), norms, out=np.full(len(acts), np.nan), where=norms > 0)
+    total = ((h1 - h1.mean(axis=0)) ** 2).sum()
+    r2 = 1.0 - ((h1 - h0) ** 2).sum() / total if total > 0 else float("nan")
+    return {"per_token_cosine_median": round(float(np.nanmedian(cos)), 6), "identity_r2": round(float(r2), 6),
+            "n_tokens": int(len(acts))}

@@ -439,6 +439,11 @@ def _crosscoder_section(page: _Page, metrics: dict[str, dict] | None, latents: p
                 text += (f". Sign-reversal control: of {rev['n_planted']} latents made to act with the opposite sign, "
                          f"ce_kl calls {rev.get('n_equivalent_by_ce_kl', 0)} equivalent and ce_margin catches "
                          f"{rev.get('n_caught_by_ce_margin', 0)}")
+            drift = metrics[source].get("pair_drift") or {}
+            if "identity_r2" in drift:
+                text += (f". How far the chat model moved from its base at the audit layer: per-token cosine "
+                         f"{drift['per_token_cosine_median']:.3f} (median), identity R<sup>2</sup> "
+                         f"{drift['identity_r2']:.3f} (an identical pair: 1 and 1)")
             page.add(text + ".</p>")
     flat: dict[str, float] = {}
     tables = []
