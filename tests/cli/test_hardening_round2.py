@@ -141,11 +141,13 @@ def test_an_address_that_answers_but_is_no_ray_cluster_is_one_line(monkeypatch, 
 
 
 @pytest.mark.parametrize("reply, refused", [(b"HTTP/1.1 400 Bad Request\r\n\r\n", True), (None, True),
-                                           (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", False)])
+                                           (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", False),
+                                           (b"\x15\x03\x03\x00\x02\x02\x46", False)])  # TLS alert: RAY_USE_TLS
 def test_a_port_that_answers_but_speaks_no_grpc_is_refused_in_seconds(reply, refused):
     """A real listener (not a mock of Ray): an HTTP/1 server or a silent port is refused within the
     probe's timeout, before ray.init could retry it for minutes; a peer that answers the HTTP/2
-    preface with a SETTINGS frame, as Ray's gRPC GCS does, passes the probe."""
+    preface with a SETTINGS frame, as Ray's gRPC GCS does, or with a TLS record (a cluster
+    started with RAY_USE_TLS=1) passes the probe."""
     import socket
     import threading
     import time
@@ -176,6 +178,24 @@ def test_a_port_that_answers_but_speaks_no_grpc_is_refused_in_seconds(reply, ref
     finally:
         server.close()
     assert time.perf_counter() - t0 < 5
+
+
+def test_with_ray_use_tls_only_tcp_is_probed(monkeypatch):
+    """A TLS Ray cluster may close a plaintext HTTP/2 preface without a reply; its clients set
+    RAY_USE_TLS=1, and then the probe stops at TCP (an HTTP/1 listener passes it too)."""
+    import socket
+    import threading
+
+    from probebench.executor import backends
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    try:
+        backends.check_ray_address(f"127.0.0.1:{port}", timeout_s=1.0)
+    finally:
+        server.close()
 
 
 # --- item 4: the restore advice only when a stage failed; unknown stages and the lock said as such ----------

@@ -165,9 +165,9 @@ def last_token_calls(monkeypatch):
     """Counts the last-token engine's passes (so a test can tell it really ran, not a fallback)."""
     import probebench.models.ablate as ablate
 
-    calls = []
+    calls = []  # per pass: the batch's cached prefix length (0: the whole prompt ran)
     original = ablate._last_token_logits
-    monkeypatch.setattr(ablate, "_last_token_logits", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    monkeypatch.setattr(ablate, "_last_token_logits", lambda *a, **kw: calls.append(a[1].n_past) or original(*a, **kw))
     return calls
 
 
@@ -239,3 +239,70 @@ def test_last_token_engine_is_refused_for_edits_beyond_the_readout(tiny_models):
     with pytest.raises(AblationError, match="readout token at one block"):
         ablation_effects(model, tok, PROMPTS, layer=1, dirs_KD=np.ones((1, 32)), spec=AblationSpec(),
                          engine="last_token")
+
+
+def test_last_token_engine_with_text_after_the_readout_and_one_edit_per_pass(tiny_models, last_token_calls):
+    """Rows whose readout is not their last token (text follows the anchor, so the clean cache
+    holds positions the edited token must not see), and a budget that allows one edit per pass
+    (many chunks, k0 > 0)."""
+    after = PROMPTS.assign(text=PROMPTS.text + " and then the review went on for a while .")
+    assert (after.anchor < after.text.str.len() - 10).all()
+    for family, (model, tok) in tiny_models.items():
+        d = model.config.get_text_config().hidden_size
+        kw = dict(layer=1, dirs_KD=np.random.default_rng(4).normal(size=(3, d)), spec=AblationSpec(positions="readout"),
+                  batch_size=10)
+        naive = ablation_effects(model, tok, after, engine="hooks", **kw)
+        before = len(last_token_calls)
+        fast = ablation_effects(model, tok, after, memory_budget_bytes=1, **kw)
+        assert len(last_token_calls) - before >= 3 * 3, family  # 3 batches x 3 one-edit chunks
+        for key in naive:
+            assert np.abs(fast[key] - naive[key]).max() <= 1e-4, (family, key)
+
+
+def test_last_token_engine_starts_from_a_cached_prefix_on_a_sliding_window_model(tiny_models, last_token_calls):
+    """Gemma-2 with a window longer than the framed prompt: the engine runs after the prefix
+    cache, whose layers are sliding-window cache layers, and agrees with the full forward."""
+    from probebench.prompts import few_shot_prefix
+
+    model, tok = tiny_models["gemma2"]
+    config = model.config.get_text_config()
+    window = config.sliding_window
+    test = FRAMED.query("split == 'test'").reset_index(drop=True)
+    prefix = few_shot_prefix(FRAMED, (FRAMED.split == "train").to_numpy(), k=2)
+    kw = dict(layer=1, dirs_KD=np.random.default_rng(5).normal(size=(3, config.hidden_size)),
+              spec=AblationSpec(positions="readout"), batch_size=8, prefix=prefix)
+    try:
+        config.sliding_window = 100
+        naive = ablation_effects(model, tok, test, engine="hooks", **kw)
+        fast = ablation_effects(model, tok, test, **kw)
+    finally:
+        config.sliding_window = window
+    assert last_token_calls and min(last_token_calls) > 10  # every pass started from the cached prefix
+    for key in naive:
+        assert np.abs(fast[key] - naive[key]).max() <= 1e-4, key
+
+
+def test_mixed_layers_without_a_per_type_mask_use_the_prefix_engine(tiny_models, last_token_calls):
+    """A Mistral-like model whose config mixes full and sliding layers but whose forward takes one
+    mask: the last-token engine steps aside (it would need a mask per layer type) and the numbers
+    still equal the full forward; the same model with every layer sliding uses it."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tok = tiny_models["llama"]
+    config = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, sliding_window=6,
+                           layer_types=["full_attention", "sliding_attention"], bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval().requires_grad_(False)
+    kw = dict(layer=0, dirs_KD=np.random.default_rng(6).normal(size=(2, 32)), spec=AblationSpec(positions="readout"),
+              batch_size=10)
+    naive = ablation_effects(model, tok, PROMPTS, engine="hooks", **kw)
+    mixed = ablation_effects(model, tok, PROMPTS, **kw)
+    assert not last_token_calls
+    assert np.abs(mixed["ablated_margin_KN"] - naive["ablated_margin_KN"]).max() <= 1e-4
+    config.layer_types = ["sliding_attention", "sliding_attention"]
+    naive = ablation_effects(model, tok, PROMPTS, engine="hooks", **kw)
+    sliding = ablation_effects(model, tok, PROMPTS, **kw)
+    assert last_token_calls
+    assert np.abs(sliding["ablated_margin_KN"] - naive["ablated_margin_KN"]).max() <= 1e-4

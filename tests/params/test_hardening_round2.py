@@ -222,7 +222,7 @@ def _same_bundle_id(raw, root):
 
 
 @pytest.mark.parametrize("case", ["names", "hf_ids", "fitted_ids", "imported_ids", "imported_id_invalid", "preset_dirs",
-                                  "checkpoint", "checkpoint_garbage", "checkpoint_keys"])
+                                  "checkpoint", "checkpoint_garbage", "checkpoint_keys", "checkpoint_int_keys"])
 def test_names_ids_and_paths_are_checked(tmp_path, case):
     raw = project_params()
     if case == "names":
@@ -257,14 +257,16 @@ def test_names_ids_and_paths_are_checked(tmp_path, case):
         (tmp_path / "models" / "cc.pt").write_bytes(b"PK\x03\x04 this is no checkpoint" * 10)
         raw["crosscoder"]["checkpoint"] = "models/cc.pt"
         needles = ["crosscoder.checkpoint: ", "models/cc.pt: not a torch checkpoint that loads with weights_only=True"]
-    else:  # a real torch file whose keys are no crosscoder layout
+    else:  # a real torch file whose keys are no crosscoder layout, or no names at all
         import torch
 
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         (tmp_path / "models").mkdir()
-        torch.save({"linear.weight": torch.zeros(2, 2)}, tmp_path / "models" / "cc.pt")
+        int_keys = case == "checkpoint_int_keys"
+        torch.save({0: torch.zeros(2, 2)} if int_keys else {"linear.weight": torch.zeros(2, 2)}, tmp_path / "models" / "cc.pt")
         raw["crosscoder"]["checkpoint"] = "models/cc.pt"
-        needles = ["crosscoder.checkpoint: ", "models/cc.pt: unrecognised key layout ['linear.weight']"]
+        needles = ["crosscoder.checkpoint: ", "models/cc.pt: holds a dict keyed by int (0), not a state dict" if int_keys
+                   else "models/cc.pt: unrecognised key layout ['linear.weight']"]
     check_fails(tmp_path, raw, *needles)
 
 

@@ -440,10 +440,10 @@ def _read_weights(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     try:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=lazy)
-        except RuntimeError as exc:
-            if not lazy or "mmap" not in str(exc):
+        except Exception:  # noqa: BLE001 - lazy only: a legacy (non-zip) file or a filesystem without mmap
+            if not lazy:
                 raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format: no mmap
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised as one line
         raise CrossCoderLoadError(
             f"{path}: not a torch checkpoint that loads with weights_only=True ({_torch_load_reason(exc)}): a damaged "
@@ -456,6 +456,10 @@ def _read_weights(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CrossCoderLoadError(f"{path}: holds a {type(obj).__name__}, not a state dict; fix: save model.state_dict()")
+    if not all(isinstance(key, str) for key in obj):
+        bad = next(key for key in obj if not isinstance(key, str))
+        raise CrossCoderLoadError(f"{path}: holds a dict keyed by {type(bad).__name__} ({bad!r}), not a state dict of "
+                                  "named tensors; fix: save model.state_dict()")
     return obj
 
 

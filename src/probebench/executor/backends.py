@@ -11,6 +11,7 @@ stage, and resubmits a failed one up to `retries` times.
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import time
@@ -116,9 +117,11 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
     if scheme not in ("", "ray") or not host or port is None:
         raise ExecutorError(f"--address {address!r}: expected HOST:PORT (the address `ray start --head` prints, e.g. "
                             "10.0.0.5:6379), ray://HOST:PORT or auto")
+    # with RAY_USE_TLS (which a TLS cluster's clients need too) Ray speaks gRPC over TLS: only TCP is probed
+    tls = os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes")
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as conn:
-            speaks_grpc = _answers_http2(conn)
+            speaks_grpc = tls or _answers_http2(conn)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
         raise ExecutorError(f"--address {address}: no Ray cluster answers at {host}:{port} ({reason}, waited at most "
@@ -139,17 +142,20 @@ _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x0
 
 def _answers_http2(conn: socket.socket) -> bool:
     """Whether the peer answers the HTTP/2 preface with a SETTINGS frame (within the socket's
-    timeout). An HTTP/1 server, a database or a silent port does not."""
+    timeout), or with a TLS record (Ray with RAY_USE_TLS=1 speaks gRPC over TLS). An HTTP/1
+    server, a database or a silent port does neither."""
     conn.sendall(_HTTP2_PREFACE)
     head = b""
     try:
-        while len(head) < 9:
+        while len(head) < 9 and head[:1] not in (b"\x15", b"\x16"):
             chunk = conn.recv(9 - len(head))
             if not chunk:
                 break
             head += chunk
     except (TimeoutError, socket.timeout):
-        return False
+        pass  # judged on what arrived
+    if head[:1] in (b"\x15", b"\x16"):
+        return True  # a TLS record (alert or handshake): a cluster started with RAY_USE_TLS=1 answers so
     return len(head) == 9 and head[3] == 0x04
 
 

@@ -331,7 +331,7 @@ def _edit_passes(model, tokenizer, prompts, *, layer, n_edits, make_resid, make_
         rows = slice(start, start + batch_size)
         whole = encode_prompts(tokenizer, texts[rows], anchors[rows], ids=ids[rows], prefix=prefix).to(device)
         batch = drop_shared_prefix(whole, shared) or whole
-        last_token = make_readout_resid is not None
+        last_token = make_readout_resid is not None and _window_mask_kind(model) is not None
         if last_token and not _prefix_in_window(model, batch):
             batch = whole  # the prefix cache's sliding layers keep only the last window of keys
         B = batch.ids_BP.shape[0]
@@ -408,6 +408,26 @@ def _sliding_window(model: PreTrainedModel) -> int | None:
     return int(window) if window else None
 
 
+# Model types whose forward takes {layer type: 4-D mask} (mixed full and sliding-window layers);
+# other models get one mask for every layer, or the prefix engine where their layers mix.
+_DICT_MASK_MODELS = {"gemma2", "gemma3", "gemma3_text", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
+
+
+def _window_mask_kind(model: PreTrainedModel) -> str | None:
+    """How the last-token engine masks a model with a sliding window: "full" (no window),
+    "sliding" (every layer slides), "dict" (mixed layers, a forward that takes a mask per layer
+    type), or None (mixed layers and a forward that takes one mask: the prefix engine serves)."""
+    if not _sliding_window(model):
+        return "full"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    if kinds == {"full_attention"}:
+        return "full"
+    if kinds == {"sliding_attention"}:
+        return "sliding"
+    return "dict" if getattr(config, "model_type", None) in _DICT_MASK_MODELS else None
+
+
 def _prefix_in_window(model: PreTrainedModel, batch: PromptBatch) -> bool:
     """Whether the last-token engine can start from the cached prefix: where the model has a
     sliding window, only if the whole prompt lies within it (that cache's sliding layers keep
@@ -419,11 +439,12 @@ def _prefix_in_window(model: PreTrainedModel, batch: PromptBatch) -> bool:
 
 def last_token_batch_size(model: PreTrainedModel, B: int, n_edits: int, budget_bytes: float) -> int:
     """How many edits share one last-token pass: k * B query tokens, bounded on CPU by
-    CPU_TOKENS_PER_PASS and everywhere by the full-vocabulary logits they return (with their
-    softmax, ~3 copies of k * B * V at the model's precision) within `budget_bytes`."""
+    CPU_TOKENS_PER_PASS and everywhere by the full-vocabulary logits they return within
+    `budget_bytes`: two copies at the model's precision (the logits and their direction-major
+    reshape) and ~4 float32 ones (margin statistics, log-softmax, exp and difference for the KL)."""
     param = next(model.parameters())
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    per_edit = B * (3 * vocab + 16 * _width(model)) * param.element_size()
+    per_edit = B * (vocab * (2 * param.element_size() + 16) + 16 * _width(model) * param.element_size())
     k = min(n_edits, int(budget_bytes // max(per_edit, 1)))
     if param.device.type == "cpu":
         k = min(k, CPU_TOKENS_PER_PASS // max(B, 1))
@@ -475,15 +496,13 @@ def _last_token_logits(model: PreTrainedModel, batch: PromptBatch, past, resid_k
             ~allow_Bkl, torch.finfo(dtype).min)[:, None]
 
     mask = additive(past_BL)
-    window = _sliding_window(model)
-    if window and past_BL.shape[1] >= window:
+    window, kind = _sliding_window(model), _window_mask_kind(model)
+    if kind in ("sliding", "dict") and past_BL.shape[1] >= window:
         # HF's sliding window: key index > query index - window; the query sits at the readout's index
         query_B = batch.n_past + batch.readout_B
         near_BL = torch.arange(past_BL.shape[1], device=device)[None] > (query_B - window)[:, None]
         sliding = additive(past_BL & near_BL)
-        layer_types = getattr(model.config.get_text_config() if hasattr(model.config, "get_text_config")
-                              else model.config, "layer_types", None)
-        mask = {"full_attention": mask, "sliding_attention": sliding} if layer_types else sliding
+        mask = {"full_attention": mask, "sliding_attention": sliding} if kind == "dict" else sliding
     with prefix_stubs(model, layer, as_tuple) as inject, _past_key_values_accepted():
         inject.resid = resid_kBD.transpose(0, 1).contiguous()
         logits_BkV = model(input_ids=ids_Bk, attention_mask=mask, position_ids=pos_Bk,
