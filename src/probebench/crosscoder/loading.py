@@ -519,10 +519,7 @@ def load_crosscoder(path: str | Path, *, d_model: int | None = None, n_models: i
         raise CrossCoderLoadError(
             f"{path}: n_models={n_models} was requested but only 2-model (base/IT) crosscoders are supported; fix: pass n_models=2"
         )
-    weights_path, cfg_path = _weights_and_cfg(path)
-    state = _strip_prefix(_read_weights(weights_path))
-    source = str(weights_path)
-    layout = _layout(state, source)
+    state, source, cfg_path, layout = _open(path)
     kw = {"source": source, "d_model": d_model, "n_models": n_models, "strict": strict}
     if layout == "native":
         return load_native_state(state, **kw)
@@ -530,11 +527,6 @@ def load_crosscoder(path: str | Path, *, d_model: int | None = None, n_models: i
         # hub folder: config.json = constructor arguments (+ dict_class since 2026); a training
         # folder's config.json ({"trainer": ..., "buffer": ...}) holds none of them at top level
         return load_dictionary_learning_state(state, config=_read_cfg(cfg_path) if cfg_path else None, **kw)
-    if cfg_path is None:
-        raise CrossCoderLoadError(
-            f"{source}: the W_enc/W_dec layout needs cfg.json (d_in, dict_size, scale factors; k for BatchTopK) "
-            f"next to it; fix: put cfg.json in {weights_path.parent}"
-        )
     return load_wdec_layout(state, _read_cfg(cfg_path), **kw)
 
 
@@ -543,15 +535,25 @@ def check_checkpoint(path: str | Path) -> str:
     file (or the one final save in a folder) reads as a weights-only state dict whose keys are a
     known layout (cfg.json beside the W_enc/W_dec one). Tensors stay memory-mapped. Returns the
     layout; raises CrossCoderLoadError with the loader's one line."""
-    weights_path, cfg_path = _weights_and_cfg(Path(path))
-    source = str(weights_path)
-    layout = _layout(_strip_prefix(_read_weights(weights_path, lazy=True)), source)
-    if layout == "wdec" and cfg_path is None:
-        raise CrossCoderLoadError(f"{source}: the W_enc/W_dec layout needs cfg.json next to it; fix: put cfg.json in "
-                                  f"{weights_path.parent}")
+    _, _, cfg_path, layout = _open(Path(path), lazy=True)
     if cfg_path is not None:
         _read_cfg(cfg_path)
     return layout
+
+
+def _open(path: Path, *, lazy: bool = False) -> tuple[dict[str, Any], str, Path | None, str]:
+    """The weights file's state dict (prefix stripped; `lazy`: memory-mapped), its name, the cfg
+    beside it and its layout; the W_enc/W_dec layout is refused without a cfg."""
+    weights_path, cfg_path = _weights_and_cfg(path)
+    source = str(weights_path)
+    state = _strip_prefix(_read_weights(weights_path, lazy=lazy))
+    layout = _layout(state, source)
+    if layout == "wdec" and cfg_path is None:
+        raise CrossCoderLoadError(
+            f"{source}: the W_enc/W_dec layout needs cfg.json (d_in, dict_size, scale factors; k for BatchTopK) "
+            f"next to it; fix: put cfg.json in {weights_path.parent}"
+        )
+    return state, source, cfg_path, layout
 
 
 def _layout(state: dict[str, Any], source: str) -> str:
