@@ -30,6 +30,19 @@ def test_consistency_label_rule():
         assert label == int(fact == claim), text
 
 
+def test_animal_label_follows_the_noun_and_its_slot_groups_the_split():
+    from probebench.prompts.synthetic import NOUNS, slot_value
+
+    df = build_synthetic(spec(kind="animal", n_train=200, n_test=80))
+    nouns = df["text"].map(lambda t: slot_value("animal", "noun", t))
+    assert (df["label"] == nouns.map(lambda n: int(NOUNS[n] > 0))).all()
+    assert (df["strength"] == nouns.map(NOUNS)).all()
+    assert 0.3 < df.label.mean() < 0.7 and nouns.nunique() > 30
+    grouped = build_synthetic(spec(kind="animal", n_train=200, n_test=80, group_by="noun"))
+    by_split = grouped.assign(noun=grouped["text"].map(lambda t: slot_value("animal", "noun", t))).groupby("noun")
+    assert (by_split["split"].nunique() == 1).all()  # a noun lies on one side only
+
+
 def test_split_is_stable_when_sizes_change():
     small = build_synthetic(spec(n_test=16))
     big = build_synthetic(spec(n_test=32))

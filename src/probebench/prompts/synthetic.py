@@ -40,6 +40,20 @@ COLORS = ["red", "blue", "green", "yellow", "black", "white", "pink", "brown"]
 SPEAKERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
 HEDGES = {"": 1.0, "surely ": 2.0, "maybe ": 0.5}
 
+# The animal task: is the noun an animal? A word-knowledge task a pretrained model brings to the
+# prompt (Gemma-3-270M does it few-shot; it does not do consistency) and the zoo learns from its
+# train prompts. Strength grades how typical a member (or non-member) the noun is.
+NOUNS = {
+    "dog": 2.0, "cat": 2.0, "horse": 2.0, "cow": 2.0, "lion": 2.0, "sheep": 2.0, "goat": 2.0, "rabbit": 2.0,
+    "bear": 2.0, "pig": 2.0, "wolf": 2.0, "bird": 1.5, "fish": 1.5, "mouse": 1.5, "duck": 1.5, "frog": 1.0,
+    "snake": 1.0, "bee": 0.5, "ant": 0.5, "worm": 0.5,
+    "chair": -2.0, "table": -2.0, "spoon": -2.0, "shoe": -2.0, "phone": -2.0, "clock": -2.0, "book": -2.0,
+    "bottle": -2.0, "pencil": -2.0, "window": -2.0, "plate": -2.0, "brick": -2.0, "coin": -2.0, "rope": -1.5,
+    "stone": -1.5, "toy": -1.0, "cloud": -1.0, "robot": -0.5, "tree": -0.5, "flower": -0.5,
+}
+SIZES = ["small", "big", "old", "young", "red", "brown", "black", "white", "grey", "tiny"]
+PLACES = ["garden", "kitchen", "street", "field", "house", "park", "yard", "shop"]
+
 
 def _sentiment_clause(rng: np.random.Generator) -> tuple[str, float]:
     subject = SUBJECTS[rng.integers(len(SUBJECTS))]
@@ -81,9 +95,21 @@ def consistency_example(rng: np.random.Generator) -> tuple[str, float]:
     return text, (1.0 if honest else -1.0) * HEDGES[hedge]
 
 
+def animal_example(rng: np.random.Generator) -> tuple[str, float]:
+    """'in the garden there is a small frog . is a frog an animal ?' -> strength (how typical an
+    animal, negative for non-animals: 'dog' 2.0, 'bee' 0.5, 'tree' -0.5, 'chair' -2.0).
+
+    The noun is asked about by name: Gemma-3-270M with 4 solved examples reaches held-out AUROC
+    0.97 on this wording and 0.56-0.80 on 'there is a small frog in the garden . is it an animal ?'."""
+    noun = list(NOUNS)[rng.integers(len(NOUNS))]
+    size, place = SIZES[rng.integers(len(SIZES))], PLACES[rng.integers(len(PLACES))]
+    return f"in the {place} there is a {size} {noun} . is a {noun} an animal ?", NOUNS[noun]
+
+
 GENERATORS: dict[str, Callable[[np.random.Generator], tuple[str, float]]] = {
     "sentiment": sentiment_example,
     "consistency": consistency_example,
+    "animal": animal_example,
 }
 
 # Template slots a grouped split can keep on one side (split.group_by): every prompt sharing the
@@ -92,6 +118,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator], tuple[str, float]]] = {
 SLOTS: dict[str, dict[str, str]] = {
     "sentiment": {"subject": r"^review : the (\w+) was"},
     "consistency": {"object": r"^the (\w+) is", "speaker": r" \. (\w+) says "},
+    "animal": {"noun": r" is a (\w+) an animal \?$"},
 }
 
 
