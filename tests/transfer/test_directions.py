@@ -82,3 +82,38 @@ def test_null_maps_equal_refitting_with_the_real_maps_strength():
         nulls = null_directions(hs, ht, w, method=method, alpha=2.5, n_null=1, seed=0)
         assert nulls["shuffled"].shape == (1, 9) and np.isfinite(nulls["noise"]).all()
         assert abs(np.corrcoef(shuffled, ref)[0, 1]) < 0.99  # a shuffled pairing is a different map
+
+
+def test_every_ablated_direction_avoids_the_targets_massive_dims():
+    """A planted massive dimension (every prompt ~ 5000 there, as in Gemma-3-270M): the target's
+    own probe, the transferred direction and the random nulls are all ablated with no component
+    on it; the share removed is recorded; the fitted directions' AUROC and cosine are untouched;
+    with massive_factor 0 every direction is ablated whole."""
+    import dataclasses
+
+    inp = planted(shared=True)
+    t = inp.acts["t"]
+    ht = t.acts_ND.copy()
+    ht[:, 3] += 5000.0
+    u_t = inp.directions["t"].copy()
+    u_t[3] = 0.0
+    u_t[3] = np.linalg.norm(u_t)  # half of the probe's squared norm on the massive dim
+    inp = dataclasses.replace(inp, directions={**inp.directions, "t": u_t}, mean_rows_N=np.ones(len(ht), dtype=bool),
+                              acts={**inp.acts, "t": ModelActs(ht, t.map_WD, t.map_key_W)})
+    plan = plan_target("t", "task", inp)
+    assert plan.massive_dims == [3]
+    for j in plan.jobs:
+        assert j.unit_D[3] == 0.0 and abs(np.linalg.norm(j.unit_D) - 1) < 1e-12
+    kept = u_t.copy()
+    kept[3] = 0.0
+    np.testing.assert_allclose(plan.jobs[0].unit_D, kept / np.linalg.norm(kept), atol=1e-12)
+    assert abs(plan.transfers["t"]["massive_share"] - 0.5) < 1e-12
+    assert 0.0 < plan.transfers["s"]["massive_share"] < 1.0
+    whole = plan_target("t", "task", dataclasses.replace(inp, massive_factor=0.0))
+    assert whole.massive_dims == [] and whole.jobs[0].unit_D[3] != 0.0
+    assert whole.transfers["t"]["massive_share"] == 0.0
+    assert whole.transfers["s"]["transfer_auroc"] == plan.transfers["s"]["transfer_auroc"]  # measured unedited
+    only = np.zeros_like(u_t)
+    only[3] = 1.0
+    with pytest.raises(PlanError, match="entirely in the massive dimensions .*massive_factor: 0"):
+        plan_target("t", "task", dataclasses.replace(inp, directions={**inp.directions, "t": only}))
