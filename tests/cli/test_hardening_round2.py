@@ -207,7 +207,7 @@ def test_run_names_unknown_stages_and_the_lock_and_advises_restore_only_after_a_
     result = runner.invoke(cli.app, ["run", "nosuchstage"])
     assert result.exit_code == 2, result.output
     assert error_lines(result.output) == [
-        "error: 'nosuchstage' is not a stage of dvc.yaml; stages: prompts, zoo, finetune, model_import, extract, probe, "
+        "error: 'nosuchstage' is not a stage of dvc.yaml; stages: prompts, zoo, finetune, model_import, adapter, extract, probe, "
         "ablate, normalize, bootstrap, matrix, emit, crosscoder_train, crosscoder_audit, report (a foreach stage runs "
         "all its items, or one as NAME@KEY, e.g. prompts@sentiment)"]
     assert "dvc checkout" not in result.output

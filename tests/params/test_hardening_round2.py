@@ -49,13 +49,14 @@ def check_passes(root: Path, raw: dict) -> None:
     ("models", "m$(touch PWNED)"),
     ("models", "gemma-2.2b"),
     ("imports", "i`touch PWNED`"),
+    ("adapters", "a;touch PWNED"),
     ("probes", "p|touch PWNED"),
     ("zoo.models", "z&&touch PWNED"),
 ])
 def test_keys_must_be_slugs(tmp_path, section, key):
     raw = project_params()
     value = {"tasks": {"kind": "sentiment"}, "models": {"path": "data/zoo/llama-s"},
-             "imports": {"hf_dir": "x"}, "probes": {"path": "data/imported/p", "model": "llama-s", "task": "sentiment"},
+             "imports": {"hf_dir": "x"}, "adapters": {"base": "gemma3-270m"}, "probes": {"path": "data/imported/p", "model": "llama-s", "task": "sentiment"},
              "zoo.models": {"family": "llama"}}[section]
     (raw["zoo"]["models"] if section == "zoo.models" else raw[section]).update({key: value})
     check_fails(tmp_path, raw, f"{section.split('.')[-1]} key {key!r} must be a slug", "[A-Za-z0-9_-]+",

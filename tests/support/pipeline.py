@@ -46,6 +46,7 @@ def tiny_params() -> dict:
                                 # tests/crosscoder/test_crosscoder_controls.py run
                                 planted_latents=0)
     params["imports"] = {}  # no pretrained model in the tiny pipeline (tests/weights covers it)
+    params["adapters"] = {}  # nor its fine-tune (tests/zoo/test_lora.py covers it)
     return params
 
 

@@ -84,11 +84,12 @@ def preflight(params: Params, *, root: Path, source: str = "params.yaml") -> lis
 
 
 def _stage_output(params: Params, slug: str, root: Path) -> tuple[str, str] | None:
-    """("zoo" | "finetune" | "imports", key) when a stage builds models.<slug>.path (zoo models go to
-    data/zoo/<key>, imports to data/models/<key>); None for a directory the user provides."""
+    """("zoo" | "finetune" | "imports" | "adapters", key) when a stage builds models.<slug>.path (zoo
+    models go to data/zoo/<key>, imports and adapters to data/models/<key>); None for a directory the
+    user provides."""
     target = _under(root, params.models[slug].path).resolve()
     for kind, keys, folder in (("zoo", params.zoo.models, "zoo"), ("finetune", params.zoo.finetunes, "zoo"),
-                               ("imports", params.imports, "models")):
+                               ("imports", params.imports, "models"), ("adapters", params.adapters, "models")):
         for key in keys:
             if target == (root / "data" / folder / key).resolve():
                 return kind, key
@@ -103,7 +104,7 @@ def _check_paths(params: Params, root: Path, source: str) -> None:
             get = f"download it there (e.g. `hf download {m.hf_id} --local-dir {m.path}`)" if m.hf_id else \
                 "download the model to that directory"
             raise ParamsError(f"{source}: models.{slug}.path {m.path!r} does not exist and no stage builds it (zoo "
-                              f"models are built in data/zoo/<zoo key>, imports in data/models/<imports key>); {get} "
+                              f"models are built in data/zoo/<zoo key>, imports and adapters in data/models/<key>); {get} "
                               "or fix the path")
     cc = params.crosscoder
     if cc is not None and cc.checkpoint is not None and not _under(root, cc.checkpoint).exists():

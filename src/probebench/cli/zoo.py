@@ -17,13 +17,16 @@ err = Console(stderr=True)
 
 
 @app.command()
-def pin(models: Annotated[Optional[list[str]], typer.Argument(help="zoo models to pin (default: all)")] = None,
+def pin(models: Annotated[Optional[list[str]], typer.Argument(help="zoo models or adapters to pin (default: every "
+                                                                "zoo model)")] = None,
         crosscoder: Annotated[bool, typer.Option("--crosscoder", help="pin the trained crosscoders instead "
                                                  "(data/crosscoder, data/crosscoder_controls)")] = False,
         params_file: Annotated[Path, typer.Option("--params", help="params file")] = Path("params.yaml")) -> None:
     """Copy data/zoo/<model> (trained with zoo.source: train) to zoo/<model> and record its
     sha256, training params and metrics in zoo/manifest.json; with --crosscoder, the same for the
-    crosscoders crosscoder_train trained (crosscoder.source: train). Commit zoo/ afterwards."""
+    crosscoders crosscoder_train trained (crosscoder.source: train). A key of `adapters` pins that
+    LoRA adapter (data/adapters/<key>, trained with adapters.<key>.source: train) with its base's
+    fingerprint. Commit zoo/ afterwards."""
     import shutil
     import tempfile
 
@@ -51,6 +54,18 @@ def pin(models: Annotated[Optional[list[str]], typer.Argument(help="zoo models t
             return
         slugs = models or [*params.zoo.models, *params.zoo.finetunes]
         for slug in slugs:
+            if slug in params.adapters:  # a LoRA fine-tune of an imported model: pin the adapter only
+                from probebench.models.load import fingerprint
+
+                metrics_path = Path("metrics/adapter") / f"{slug}.json"
+                if not metrics_path.exists() or not (Path("data/adapters") / slug).is_dir():
+                    raise PinnedError(f"{metrics_path}: missing; train first: dvc repro -S adapters.{slug}.source=train "
+                                      f"adapter@{slug}")
+                base_fp = fingerprint(Path("data/models") / params.adapters[slug].base)
+                manifest[slug] = pin_dir(Path("data/adapters") / slug, Path("zoo") / slug,
+                                         params=params.adapter_training(slug, base_fp), metrics=read_json(metrics_path))
+                out.print(f"pinned the adapter {slug} -> zoo/{slug}")
+                continue
             params.zoo_spec(slug)  # unknown slug -> one-line error
             metrics_path = Path("metrics/zoo") / f"{slug}.json"
             if not metrics_path.exists():

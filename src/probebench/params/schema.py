@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from probebench.errors import ProbebenchError
 from probebench.params.devices import device_type
-from probebench.params.zoo import FAMILIES, ZooModelSpec
+from probebench.params.zoo import FAMILIES, AdapterSpec, ZooModelSpec
 from probebench.prompts import GENERATORS, SyntheticTaskSpec
 
 
@@ -407,6 +407,27 @@ class ImportParams(_Strict):
         return self
 
 
+class AdapterParams(_Strict):
+    """A LoRA instruction fine-tune of an imported model (`base`, a key of `imports`), built into
+    `data/models/<key>` by the adapter stage: `pinned` (default) merges the committed adapter under
+    zoo/<key> (sha256-checked, trained with these params on this base); `train` trains it here
+    (`probebench zoo pin <key>` then pins it). See `probebench.zoo.lora.AdapterSpec`."""
+    base: str
+    source: Literal["pinned", "train"] = "pinned"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(rank=self.rank, alpha=self.alpha, targets=tuple(self.targets), steps=self.steps,
+                           batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+
+
 class Params(_Strict):
     seed: int = 0
     split: SplitParams = SplitParams()
@@ -424,6 +445,7 @@ class Params(_Strict):
     crosscoder: CrosscoderParams | None = None
     probes: dict[str, ImportedProbeParams] = {}
     imports: dict[str, ImportParams] = {}
+    adapters: dict[str, AdapterParams] = {}
 
     @model_validator(mode="after")
     def _check(self):
@@ -431,6 +453,13 @@ class Params(_Strict):
             _check_slug(slug, "tasks")
         for slug in self.imports:
             _check_slug(slug, "imports")
+        for slug, ad in self.adapters.items():
+            _check_slug(slug, "adapters")
+            if ad.base not in self.imports:
+                raise ValueError(f"adapters.{slug}.base {ad.base!r} is not a key of imports: {sorted(self.imports)}")
+            if slug in self.imports or slug in self.zoo.models or slug in self.zoo.finetunes:
+                raise ValueError(f"adapters.{slug} also names an import or a zoo model (both live under data/ and "
+                                 "zoo/ by key); use a different key")
         names: dict[str, str] = {}
         for slug, m in self.models.items():
             _check_slug(slug, "models")
@@ -532,6 +561,11 @@ class Params(_Strict):
         audit_only = {"source", "checkpoint", "cos_threshold", "ce_threshold", "control_latents", "control_min",
                       "planted_latents", "planted_max_frequency"}
         return {"crosscoder": self.crosscoder.model_dump(mode="json", exclude=audit_only), "models": fingerprints}
+
+    def adapter_training(self, slug: str, base_fingerprint: str) -> dict:
+        """What determines an adapter's trained weights (what a pinned adapter is checked against):
+        the training params and the fingerprint of the base it was trained on."""
+        return {"spec": self.adapters[slug].spec().as_params(), "models": {self.adapters[slug].base: base_fingerprint}}
 
     def model(self, slug: str) -> ModelParams:
         if slug not in self.models:

@@ -1,11 +1,11 @@
-"""The zoo's vocabulary as configuration: architecture families, their tokenizer styles and the
-spec of one zoo model. Constants and a dataclass only, so validating params (`probebench check`,
-every stage's start) imports neither torch nor transformers; `probebench.zoo.train` builds the
-models these describe."""
+"""The zoo's vocabulary as configuration: architecture families, their tokenizer styles, the
+spec of one zoo model and of a LoRA adapter (`AdapterSpec`). Constants and dataclasses only, so
+validating params (`probebench check`, every stage's start) imports neither torch nor
+transformers; `probebench.zoo.train` and `probebench.zoo.lora` build what these describe."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 # Tokenizer styles of the real families: sentencepiece-like metaspace BPE with a BOS token
@@ -47,3 +47,25 @@ class ZooModelSpec:
     base: str | None = None
     it_fraction: float = 0.5
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """LoRA on `targets` (attention projections) with rank `rank` and scale alpha / rank; `steps`
+    of AdamW at `lr` on `batch_size` fresh instructions each, the loss on the response tokens only.
+    `n_heldout` instructions never drawn for training measure it."""
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    steps: int = 150
+    batch_size: int = 8
+    lr: float = 5e-4
+    seed: int = 0
+    n_heldout: int = 48
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def as_params(self) -> dict:
+        return {**asdict(self), "targets": list(self.targets)}
