@@ -19,6 +19,7 @@ from probebench.params.schema import Params, ParamsError
 from probebench.zoo.instructions import chat_prompt, heldout_instructions, instruction_examples
 from probebench.prompts.synthetic import GENERATORS, build_synthetic
 from probebench.transfer.plan import massive_dimensions
+from probebench.weights.convert import card_report
 from probebench.zoo.lora import copy_adapter, merge_adapter, residual_drift, residuals, save_adapter, train_adapter
 
 PINNED = Path("zoo")
@@ -63,8 +64,7 @@ def main(params: Params, argv: list[str]) -> None:
         console.print(f"adapter@{key}: trained, held-out instruction accuracy {trained['before']['heldout_accuracy']}"
                       f" -> {trained['after']['heldout_accuracy']}")
     card = merge_adapter(base_dir, adapter_dir, out, card={"training": training})
-    write_json(Path("reports/models") / f"{key}.json", {k: v for k, v in card.items() if k != "files"}
-               | {"files": {name: f["sha256"] for name, f in card["files"].items()}})
+    write_json(Path("reports/models") / f"{key}.json", card_report(card))
     base, tokenizer = load_model(base_dir, dtype="float64")  # drift figures the same on every CPU
     tuned, _ = load_model(out, dtype="float64")
     layer = resolve_layer(0.5, n_layers(base))  # mid depth, where the default run reads every model

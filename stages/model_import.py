@@ -10,7 +10,7 @@ from pathlib import Path
 from _common import console, run
 
 from probebench.artifacts.io import write_json
-from probebench.weights.convert import import_model
+from probebench.weights.convert import card_report, import_model
 from probebench.params.schema import Params, ParamsError
 
 
@@ -25,8 +25,7 @@ def main(params: Params, argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=Path("data")) as work:
         card = import_model(source, out, work_dir=Path(work), sha256=spec.sha256, dtype=spec.dtype, overwrite=True,
                             require_sha256=bool(spec.gguf_package))
-    write_json(Path("reports/models") / f"{key}.json", {k: v for k, v in card.items() if k != "files"}
-               | {"files": {name: f["sha256"] for name, f in card["files"].items()}})
+    write_json(Path("reports/models") / f"{key}.json", card_report(card))
     console.print(f"model_import@{key}: {card['architecture']}, d_model {card['d_model']}, {card['n_layers']} blocks, "
                   f"vocab {card['vocab_size']}; weights: {card['weights']}")
 

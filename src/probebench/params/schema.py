@@ -411,7 +411,7 @@ class AdapterParams(_Strict):
     """A LoRA instruction fine-tune of an imported model (`base`, a key of `imports`), built into
     `data/models/<key>` by the adapter stage: `pinned` (default) merges the committed adapter under
     zoo/<key> (sha256-checked, trained with these params on this base); `train` trains it here
-    (`probebench zoo pin <key>` then pins it). See `probebench.zoo.lora.AdapterSpec`."""
+    (`probebench zoo pin <key>` then pins it). See `probebench.params.zoo.AdapterSpec`."""
     base: str
     source: Literal["pinned", "train"] = "pinned"
     rank: int = Field(8, ge=1)
@@ -424,8 +424,7 @@ class AdapterParams(_Strict):
     threads: int = Field(2, ge=1)
 
     def spec(self) -> AdapterSpec:
-        return AdapterSpec(rank=self.rank, alpha=self.alpha, targets=tuple(self.targets), steps=self.steps,
-                           batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+        return AdapterSpec(**self.model_dump(exclude={"base", "source", "threads"}))
 
 
 class Params(_Strict):

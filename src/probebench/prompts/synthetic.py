@@ -100,7 +100,8 @@ def animal_example(rng: np.random.Generator) -> tuple[str, float]:
     animal, negative for non-animals: 'dog' 2.0, 'bee' 0.5, 'tree' -0.5, 'chair' -2.0).
 
     The noun is asked about by name: Gemma-3-270M with 4 solved examples reaches held-out AUROC
-    0.97 on this wording and 0.56-0.80 on 'there is a small frog in the garden . is it an animal ?'."""
+    0.88 on this wording (the pipeline's gate, 256 test prompts) and 0.56 on 'there is a small
+    frog in the garden . is it an animal ?'."""
     noun = list(NOUNS)[rng.integers(len(NOUNS))]
     size, place = SIZES[rng.integers(len(SIZES))], PLACES[rng.integers(len(PLACES))]
     return f"in the {place} there is a {size} {noun} . is a {noun} an animal ?", NOUNS[noun]

@@ -63,6 +63,11 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def card_report(card: dict) -> dict:
+    """The model card as committed under reports/models/: every field, files as name -> sha256."""
+    return {k: v for k, v in card.items() if k != "files"} | {"files": {n: f["sha256"] for n, f in card["files"].items()}}
+
+
 def _torch_dtype(name: str):
     import torch
 

@@ -65,7 +65,7 @@ def _response_loss(model, tokenizer, batch: Sequence[Instruction]):
     pad = tokenizer.pad_token_id or 0
     ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in encoded])
     labels = torch.tensor([l + [-100] * (width - len(l)) for _, l in encoded])
-    mask = (labels != -100) | (torch.arange(width)[None] < torch.tensor([len(i) for i, _ in encoded])[:, None])
+    mask = torch.arange(width)[None] < torch.tensor([len(i) for i, _ in encoded])[:, None]
     body = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
     hidden = body(input_ids=ids, attention_mask=mask.long()).last_hidden_state
     read = labels[:, 1:] != -100
@@ -152,11 +152,11 @@ def _check_adapter_dir(adapter_dir: Path) -> None:
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, card: dict | None = None) -> dict:
     """Merge the adapter into the base (float64, stored in the base's dtype) and save a plain HF
     directory with the base's tokenizer and a model card naming base, adapter and training."""
-    import torch
     from peft import PeftModel
 
+    from probebench.artifacts.io import file_sha256
     from probebench.models.load import fingerprint, load_model
-    from probebench.weights.convert import CARD_NAME, _save_atomically
+    from probebench.weights.convert import CARD_NAME, _save_atomically, _torch_dtype
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     _check_adapter_dir(adapter_dir)
@@ -172,19 +172,13 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
                            "an adapter must be trained on this base (adapters.<key>.base)") from None
     base_card_path = base_dir / CARD_NAME
     base_card = json.loads(base_card_path.read_text(encoding="utf-8")) if base_card_path.is_file() else {}
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(stored, torch.float32)
+    dtype = _torch_dtype(stored)
     out_card = {k: v for k, v in base_card.items() if k not in ("files", "import_check")}
     out_card.update({"weights": f"{base_card.get('weights', 'base weights')}; plus a merged LoRA adapter "
                                 f"(probebench instruction fine-tune, {adapter_dir.name})",
                      "base": {"dir": base_dir.name, "fingerprint": fingerprint(base_dir)},
-                     "adapter": {name: _sha(adapter_dir / name) for name in ADAPTER_FILES}, **(card or {})})
+                     "adapter": {name: file_sha256(adapter_dir / name) for name in ADAPTER_FILES}, **(card or {})})
     return _save_atomically(merged, tokenizer, Path(out_dir), out_card, True, dtype)
-
-
-def _sha(path: Path) -> str:
-    from probebench.artifacts.io import file_sha256
-
-    return file_sha256(path)
 
 
 def copy_adapter(src: str | Path, dst: str | Path) -> None:
