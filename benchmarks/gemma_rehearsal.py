@@ -46,7 +46,8 @@ from probebench.zoo.train import ZooModelSpec, build_tokenizer  # noqa: E402
 PUBLISHED = {"n_latents": 73728, "k": 100, "n_selected": 80, "n_inputs": 256}
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
         "num_key_value_heads": 1, "head_dim": 32, "vocab_size": 2048, "sliding_window": 8, "query_pre_attn_scalar": 32}
-STAGES = ("prompts@sentiment", "extract@gemma-2-2b", "extract@gemma-2-2b-it", "crosscoder_train", "crosscoder_audit")
+STAGES = ("prompts@sentiment", "extract@gemma-2-2b", "extract@gemma-2-2b-it", "crosscoder_train@gemma-2-2b",
+          "crosscoder_audit@gemma-2-2b")
 
 
 def log(msg: str) -> None:
@@ -124,7 +125,7 @@ def make_project(project: Path, models_dir: Path, n_latents: int, k: int, latent
         params["models"][key].update(path=str(models_dir / key), device="cpu", dtype="bfloat16")
         if tiny:  # layer 13 of 26 is the middle; the tiny model has 4 blocks
             params["models"][key]["layer"] = 0.5
-    params["crosscoder"].update(top_k=latents, control_latents=1, n_latents=n_latents, k=k)
+    params["crosscoders"]["gemma-2-2b"].update(top_k=latents, control_latents=1, n_latents=n_latents, k=k)
     params["bootstrap"]["n_resamples"] = 50
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
     (project / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n    no_scm = True\n")
@@ -178,12 +179,12 @@ def main() -> None:
     params = make_project(project, models_dir, n_latents, k, args.latents, args.inputs, args.tiny)
     for layout, ckpt in layouts.items():
         # one project: the second layout reruns only the crosscoder stages (prompts, extract cached)
-        params["crosscoder"]["checkpoint"] = str(ckpt)
+        params["crosscoders"]["gemma-2-2b"]["checkpoint"] = str(ckpt)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         rows = [run_stage(project, stage) for stage in STAGES]
         for row in rows:
             log(f"{layout:20s} {row['stage']:24s} wall {row['wall_s']:8.1f} s  peak RSS {row['peak_rss_gb']} GB")
-        summary = json.loads((project / "reports" / "crosscoder" / "summary.json").read_text())
+        summary = json.loads((project / "reports" / "crosscoder" / "gemma-2-2b" / "summary.json").read_text())
         prompts = json.loads((project / "data" / "prompts" / "sentiment.json").read_text())
         out["runs"][layout] = {"stages": rows, "crosscoder_kind": summary["crosscoder_kind"],
                                "n_latents_audited": summary["n_latents"], "n_inputs": summary["n_inputs"],

@@ -89,7 +89,7 @@ def tiny_params(params: dict) -> dict:
     """params.yaml with the tiny zoo. Unlike tests/pipeline/test_pipeline.py it merges into `zoo` (keeping
     zoo.corpus/positive/negative, params of the zoo stage), keeps a (tiny) `zoo.finetunes` entry
     (dvc.yaml's `finetune` stage loops over it; DVC refuses a missing foreach key) and points
-    `crosscoder` (when present) at a tiny model, as DVC needs models.<base> and models.<chat>."""
+    `crosscoders` (when present) to one audit of a tiny model paired with itself (trained here)."""
     params = copy.deepcopy(params)
     tiny = copy.deepcopy(TINY_OVERRIDES)
     # Merge into `zoo` (its corpus/positive/negative keys are stage params DVC requires).
@@ -98,9 +98,10 @@ def tiny_params(params: dict) -> dict:
     params["zoo"]["finetunes"] = {f"{first}-it": {"base": first, "steps": 10, "lr": 1.0e-3, "seed": 5}}
     params["bootstrap"] = {**params["bootstrap"], "n_resamples": 50}
     params["matrix"] = {**params["matrix"], "min_n": 40}
-    if "crosscoder" in params:
-        params["crosscoder"] = {**params["crosscoder"], "base": first, "chat": first, "n_latents": 64, "k": 4,
-                                "steps": 40, "batch_size": 64, "top_k": 5, "rel_norm_band": [0.0, 1.0]}
+    # one audit, of a model paired with itself (the default run's audits need its models)
+    params["crosscoders"] = {"smoke": {**next(iter(params["crosscoders"].values())), "base": first, "chat": first,
+                                       "n_latents": 64, "k": 4, "steps": 40, "batch_size": 64, "top_k": 5,
+                                       "rel_norm_band": [0.0, 1.0], "source": "train"}} if params.get("crosscoders") else {}
     return params
 
 

@@ -15,6 +15,7 @@ from _common import console, run
 from probebench.artifacts.io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json
 from probebench.cells.schema import read_cells
 from probebench.errors import InputFileError
+from probebench.crosscoder.paths import audit_metrics_path, report_dir, train_metrics_path
 from probebench.params.schema import Params
 from probebench.report.page import ReportInputs, build_report
 
@@ -74,14 +75,14 @@ def versions() -> dict[str, str]:
 
 def main(params: Params, argv: list[str]) -> None:
     effects_path = Path("data/effects.parquet")
-    latents_path = OUT / "crosscoder" / "latents.csv"
     inputs = ReportInputs(
         cells=read_cells(OUT / "cells.parquet"),
         effects=pd.read_parquet(effects_path) if effects_path.exists() else None,
         zoo=zoo_table(params),
-        crosscoder_metrics={str(p): m for p in (Path("metrics/crosscoder.json"), Path("metrics/crosscoder_train.json"))
+        crosscoder_metrics={str(p): m for key in params.crosscoders for p in (audit_metrics_path(key), train_metrics_path(key))
                             if (m := read_optional_json(p)) is not None} or None,
-        crosscoder_latents=pd.read_csv(latents_path) if latents_path.exists() else None,
+        crosscoder_latents={key: pd.read_csv(report_dir(key) / "latents.csv") for key in params.crosscoders
+                            if (report_dir(key) / "latents.csv").exists()} or None,
         cosine_summary=read_optional_json(OUT / "cosine_vs_rho.json"),
         provenance=read_optional_json(OUT / "probebench.provenance.json"),
         thresholds={**{k: v for k, v in params.matrix.model_dump().items()

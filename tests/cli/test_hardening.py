@@ -52,9 +52,9 @@ def check_passes(tmp_path: Path, raw: dict):
 
 
 def small_params(**matrix) -> dict:
-    """The project's params without the crosscoder and with tasks small enough to build fast."""
+    """The project's params without the crosscoder audits and with tasks small enough to build fast."""
     raw = project_params()
-    raw.pop("crosscoder", None)
+    raw["crosscoders"] = {}
     raw["matrix"].update(matrix)
     return raw
 
@@ -140,12 +140,15 @@ def test_extract_refuses_an_unknown_class_string_before_any_forward(tiny_models)
     ("matrix", "not_same_threshold", float("nan"), "matrix.not_same_threshold"),
     ("matrix", "cosine_confound_threshold", float("inf"), "matrix.cosine_confound_threshold"),
     ("matrix", "within_threshold", 1.5, "matrix.within_threshold"),
-    ("crosscoder", "cos_threshold", float("nan"), "crosscoder.cos_threshold"),
-    ("crosscoder", "ce_threshold", 2.0, "crosscoder.ce_threshold"),
+    ("crosscoders/zoo-gemma2", "cos_threshold", float("nan"), "crosscoders.zoo-gemma2.cos_threshold"),
+    ("crosscoders/gemma3-270m", "ce_threshold", 2.0, "crosscoders.gemma3-270m.ce_threshold"),
 ])
 def test_thresholds_must_be_finite_and_in_range(tmp_path, section, key, value, needle):
     raw = project_params()
-    raw[section][key] = value
+    target = raw
+    for part in section.split("/"):
+        target = target[part]
+    target[key] = value
     check_fails(tmp_path, raw, needle)
 
 
@@ -281,9 +284,9 @@ def test_yaml_merge_keys_still_work(tmp_path):
 
 
 @pytest.mark.parametrize("mutate,needles", [
-    (lambda c: c.update(base="nope"), ["crosscoder.base 'nope' is not a key of models"]),
-    (lambda c: c.update(chat="nope"), ["crosscoder.chat 'nope' is not a key of models"]),
-    (lambda c: c.update(audit_task="nope"), ["crosscoder task 'nope' is not a key of tasks"]),
+    (lambda c: c.update(base="nope"), ["crosscoders.zoo-gemma2.base 'nope' is not a key of models"]),
+    (lambda c: c.update(chat="nope"), ["crosscoders.zoo-gemma2.chat 'nope' is not a key of models"]),
+    (lambda c: c.update(audit_task="nope"), ["crosscoders.zoo-gemma2: task 'nope' is not a key of tasks"]),
     (lambda c: c.update(rel_norm_band=[0.7, 0.3]), ["crosscoder", "rel_norm_band [0.7, 0.3]", "0 <= low < high <= 1"]),
     (lambda c: c.update(rel_norm_band=[0.3, 1.5]), ["rel_norm_band [0.3, 1.5]"]),
     (lambda c: c.update(rel_norm_band=[0.5, 0.5]), ["rel_norm_band [0.5, 0.5]"]),
@@ -291,8 +294,20 @@ def test_yaml_merge_keys_still_work(tmp_path):
 ])
 def test_crosscoder_section_is_checked(tmp_path, mutate, needles):
     raw = project_params()
-    mutate(raw["crosscoder"])
+    mutate(raw["crosscoders"]["zoo-gemma2"])
     check_fails(tmp_path, raw, *needles)
+
+
+def test_the_old_single_crosscoder_section_is_refused_with_the_new_layout(tmp_path):
+    raw = project_params()
+    raw["crosscoder"] = raw.pop("crosscoders")["zoo-gemma2"]
+    check_fails(tmp_path, raw, "crosscoder: is now crosscoders: {<key>: ...}", "data/crosscoder/<key>")
+
+
+def test_crosscoder_keys_are_slugs(tmp_path):
+    raw = project_params()
+    raw["crosscoders"]["a.b"] = raw["crosscoders"].pop("zoo-gemma2")
+    check_fails(tmp_path, raw, "crosscoders key 'a.b' must be a slug", "rename it (e.g. 'a-b')")
 
 
 @pytest.mark.parametrize("device,needle", [("gpu", "device 'gpu' is not a torch device"),

@@ -41,9 +41,9 @@ def error_lines(output: str) -> list[str]:
 
 
 def project(tmp_path: Path) -> Path:
-    """dvc.yaml and the project's params (without the crosscoder) in tmp_path, as a git checkout."""
+    """dvc.yaml and the project's params (without the crosscoder audits) in tmp_path, as a git checkout."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw.pop("crosscoder", None)
+    raw["crosscoders"] = {}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / ".git").mkdir()
@@ -324,15 +324,18 @@ def test_pinned_crosscoder_refusal_names_crosscoder_source(tmp_path, monkeypatch
 
     params = load_params(ROOT / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    for m in {params.crosscoder.base, params.crosscoder.chat}:
+    cc = params.crosscoders["gemma3-270m"]
+    for m in {cc.base, cc.chat}:
         (tmp_path / "data" / "extract" / m).mkdir(parents=True)
         (tmp_path / "data" / "extract" / m / "meta.json").write_text(json.dumps({"fingerprint": "f", "layer": 1}))
     from probebench.artifacts.pinned import PinnedError
 
     with pytest.raises(PinnedError) as info:
-        crosscoder_train.materialize_pinned(params, {})
+        crosscoder_train.materialize_pinned(params, "gemma3-270m")
     text = str(info.value)
-    assert "set crosscoder.source: train" in text and "`probebench zoo pin --crosscoder`" in text
+    assert "crosscoder_train@gemma3-270m" in text
+    assert "set crosscoders.gemma3-270m.source: train" in text
+    assert "`probebench zoo pin --crosscoder gemma3-270m`" in text
     assert "zoo.source" not in text
     assert not (tmp_path / "data" / "crosscoder").exists()
 
@@ -342,14 +345,14 @@ def test_pinned_crosscoder_with_other_model_weights_says_fingerprints_not_params
     said as what it is, not as params.yaml's `models:` section."""
     from probebench.artifacts.pinned import PinnedError, read_manifest, verify
 
-    entry = read_manifest(ROOT / "zoo")["crosscoder"]
+    entry = read_manifest(ROOT / "zoo")["crosscoder/zoo-gemma2"]
     changed = {**entry["params"], "models": {k: "0" * 64 for k in entry["params"]["models"]}}
     with pytest.raises(PinnedError) as info:
-        verify(ROOT / "zoo" / "crosscoder", entry, params=changed, where="crosscoder_train",
-               retrain=("crosscoder.source: train", "probebench zoo pin --crosscoder"))
+        verify(ROOT / "zoo" / "crosscoder" / "zoo-gemma2", entry, params=changed, where="crosscoder_train@zoo-gemma2",
+               retrain=("crosscoders.zoo-gemma2.source: train", "probebench zoo pin --crosscoder zoo-gemma2"))
     text = str(info.value)
     assert "the fingerprints (weights' sha256) of the models it was trained on differ" in text, text
-    assert "['models']" not in text and "set crosscoder.source: train" in text
+    assert "['models']" not in text and "set crosscoders.zoo-gemma2.source: train" in text
 
 
 def test_duplicate_bundle_ids_name_their_params_keys():

@@ -159,3 +159,28 @@ def test_published_numbers_give_the_published_ratio():
     table = pd.DataFrame({"decoder_cosine": [0.965] * 3, "ce_kl": [0.5, 0.616, 0.7]})
     s = audit_summary(table)["ce_kl"]
     assert s["one_minus_median_ratio"] == pytest.approx(1 - 0.616 / 0.965)  # 36.2%
+
+
+def test_latent_effects_run_only_firing_latents_and_match_the_dense_edits(pair):
+    """Each input runs only the latents that fire on it, packed into edit slots: where a latent
+    fires, KL and the margin change equal the dense computation (every latent x every input,
+    `readout_edit_effects` directly); where it does not, both are exactly 0."""
+    from probebench.models.ablate import readout_edit_effects
+
+    models, tok = pair
+    texts = PROMPTS.query("split == 'train'")["text"].tolist()
+    cc, _ = train_crosscoder(torch.from_numpy(paired_activations(models, tok, texts, layers=[1, 1])), n_latents=64, k=4,
+                             steps=150, batch_size=64, lr=3e-3, seed=0)
+    test = PROMPTS.query("split == 'test'").reset_index(drop=True)
+    latents = list(range(64))
+    effects = latent_effects(cc, models, tok, test, layers=[1, 1], latents=latents)
+    fires = effects["f_LN"] != 0
+    assert fires.any() and (~fires).any() and fires.sum(0).max() < len(latents)  # packing saves slots here
+    assert (effects["kl_MLN"][:, ~fires] == 0).all() and (effects["delta_MLN"][:, ~fires] == 0).all()
+    dec_LMD = cc.decoder_vectors(torch.arange(64), raw=True)
+    for m, model in enumerate(models):
+        edits = (torch.as_tensor(effects["f_LN"])[:, :, None] * dec_LMD[:, m][:, None, :]).numpy()
+        dense = readout_edit_effects(model, tok, test, layer=1, edits_KND=edits)
+        np.testing.assert_allclose(effects["kl_MLN"][m][fires], dense["kl_KN"][fires], rtol=1e-4, atol=2e-6)  # float32 KL noise
+        delta = dense["ablated_margin_KN"] - dense["clean_margin_N"][None]
+        np.testing.assert_allclose(effects["delta_MLN"][m][fires], delta[fires], rtol=1e-4, atol=1e-6)

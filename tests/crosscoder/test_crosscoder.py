@@ -458,6 +458,35 @@ def test_initialization_and_threshold_estimate(planted):
     assert float(one.threshold) == pytest.approx(expected, rel=1e-5)
 
 
+def test_excluded_massive_dimension_is_neither_read_nor_written(planted):
+    """A planted massive dimension (mean ~4000, varying +-300 across rows, like Gemma-3-270M's) sets
+    the input scale and, kept, claims latents; excluded, no decoder direction touches it, codes do
+    not move when it changes, and the planted structure is learnt as without it."""
+    x = planted[:2048].clone()
+    wiggle = torch.linspace(-300.0, 300.0, len(x))[:, None]
+    x[:, :, 0] = 4000.0 + wiggle
+    kw = dict(n_latents=F, k=K, steps=200, batch_size=256, lr=1e-2, seed=0, dead_after_steps=50)
+    kept, m_kept = train_crosscoder(x, **kw)
+    cc, m = train_crosscoder(x, exclude_dims=[0], **kw)
+    assert m["excluded_dims"] == [0] and m_kept["excluded_dims"] == []
+    assert m_kept["input_scale"][0] > 10 * m["input_scale"][0]  # kept, dimension 0 sets the scale
+    assert float(cc.W_dec_FMD[..., 0].abs().max()) == 0.0 and float(cc.W_enc_MDF[:, 0].abs().max()) == 0.0
+    assert float(cc.b_dec_MD[:, 0].abs().max()) == 0.0
+    assert float(kept.W_dec_FMD[..., 0].abs().max()) > 0.01
+    moved = x.clone()
+    moved[:, :, 0] = -moved[:, :, 0]
+    with torch.no_grad():
+        assert torch.equal(cc.encode(x), cc.encode(moved))
+    # the rest of the data (where the planted atoms live) is explained as it is without the massive dim
+    clean = x.clone()
+    clean[:, :, 0] = 0.0
+    _, m_clean = train_crosscoder(clean, **kw)
+    assert min(m["variance_explained"]) > 0.8
+    np.testing.assert_allclose(m["variance_explained"], m_clean["variance_explained"], atol=0.03)
+    with pytest.raises(CrossCoderError, match="exclude_dims"):
+        train_crosscoder(x, exclude_dims=[D], **kw)
+
+
 def test_training_is_deterministic(planted):
     kw = dict(n_latents=F, k=K, steps=30, batch_size=128, lr=1e-2, seed=5, dead_after_steps=5)
     a, ma = train_crosscoder(planted[:1024], **kw)
@@ -511,3 +540,40 @@ def test_select_shared_latents_by_band_and_frequency():
     assert select_shared_latents(table, rel_norm_band=(0.4, 0.6)) == [0, 6, 5]
     # shuffled rows give the same answer
     assert select_shared_latents(table.sample(frac=1.0, random_state=0)) == [2, 3, 0, 6, 5]
+
+
+def test_zoo_pin_crosscoder_key_round_trips_through_the_stage_check(tmp_path, monkeypatch, trained):
+    """`probebench zoo pin --crosscoder KEY` pins data/crosscoder/KEY under zoo/crosscoder/KEY with
+    the params crosscoder_train@KEY checks it against; an unknown key or an untrained audit is refused."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from probebench.artifacts.pinned import read_manifest, verify
+    from probebench.cli import app
+    from probebench.params.schema import load_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "tasks": {"sentiment": {"kind": "sentiment"}}, "models": {"a": {"path": "a"}, "b": {"path": "b"}},
+        "crosscoders": {"pair": {"base": "a", "chat": "b", "audit_task": "sentiment"}}}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["zoo", "pin", "--crosscoder", "nope"])
+    assert result.exit_code == 2 and "--crosscoder 'nope' is not a key of crosscoders" in result.output
+    result = runner.invoke(app, ["zoo", "pin", "--crosscoder", "pair"])
+    assert result.exit_code == 2 and "crosscoders.pair.source=train crosscoder_train@pair" in result.output
+    cc, metrics = trained
+    cc.save(tmp_path / "data" / "crosscoder" / "pair" / "crosscoder.safetensors")
+    cc.save(tmp_path / "data" / "crosscoder" / "pair" / "controls" / "control_identical.safetensors")
+    (tmp_path / "metrics" / "crosscoder_train").mkdir(parents=True)
+    (tmp_path / "metrics" / "crosscoder_train" / "pair.json").write_text(json.dumps({"source": "trained", "n_tokens": 7}))
+    for m in ("a", "b"):
+        (tmp_path / "data" / "extract" / m).mkdir(parents=True)
+        (tmp_path / "data" / "extract" / m / "meta.json").write_text(json.dumps({"fingerprint": m * 64}))
+    result = runner.invoke(app, ["zoo", "pin", "--crosscoder", "pair"])
+    assert result.exit_code == 0, result.output
+    entry = read_manifest("zoo")["crosscoder/pair"]
+    assert sorted(entry["files"]) == ["controls/control_identical.safetensors", "crosscoder.safetensors"]
+    params = load_params("params.yaml")
+    fps = {"a": "a" * 64, "b": "b" * 64}
+    verify("zoo/crosscoder/pair", entry, params=params.crosscoder_training("pair", fps), where="crosscoder_train@pair")
+    assert entry["params"]["massive_factor"] == 20.0 and entry["metrics"] == {"source": "trained", "n_tokens": 7}

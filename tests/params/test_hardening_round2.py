@@ -30,7 +30,7 @@ runner = CliRunner()
 
 def project_params() -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw.pop("crosscoder", None)
+    raw["crosscoders"] = {}
     return raw
 
 
@@ -250,14 +250,14 @@ def test_names_ids_and_paths_are_checked(tmp_path, case):
                    "hf download google/gemma-2-2b --local-dir models/gemma-2-2b"]
     elif case == "checkpoint":
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-        raw["crosscoder"]["checkpoint"] = "models/crosscoder/model_final.pt"
-        needles = ["crosscoder.checkpoint 'models/crosscoder/model_final.pt' does not exist"]
+        raw["crosscoders"]["zoo-gemma2"]["checkpoint"] = "models/crosscoder/model_final.pt"
+        needles = ["crosscoders.zoo-gemma2.checkpoint 'models/crosscoder/model_final.pt' does not exist"]
     elif case == "checkpoint_garbage":  # found by check, not by crosscoder_train after both extracts
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         (tmp_path / "models").mkdir()
         (tmp_path / "models" / "cc.pt").write_bytes(b"PK\x03\x04 this is no checkpoint" * 10)
-        raw["crosscoder"]["checkpoint"] = "models/cc.pt"
-        needles = ["crosscoder.checkpoint: ", "models/cc.pt: not a torch checkpoint that loads with weights_only=True"]
+        raw["crosscoders"]["zoo-gemma2"]["checkpoint"] = "models/cc.pt"
+        needles = ["crosscoders.zoo-gemma2.checkpoint: ", "models/cc.pt: not a torch checkpoint that loads with weights_only=True"]
     else:  # a real torch file whose keys are no crosscoder layout, or no names at all
         import torch
 
@@ -265,8 +265,8 @@ def test_names_ids_and_paths_are_checked(tmp_path, case):
         (tmp_path / "models").mkdir()
         int_keys = case == "checkpoint_int_keys"
         torch.save({0: torch.zeros(2, 2)} if int_keys else {"linear.weight": torch.zeros(2, 2)}, tmp_path / "models" / "cc.pt")
-        raw["crosscoder"]["checkpoint"] = "models/cc.pt"
-        needles = ["crosscoder.checkpoint: ", "models/cc.pt: holds a dict keyed by int (0), not a state dict" if int_keys
+        raw["crosscoders"]["zoo-gemma2"]["checkpoint"] = "models/cc.pt"
+        needles = ["crosscoders.zoo-gemma2.checkpoint: ", "models/cc.pt: holds a dict keyed by int (0), not a state dict" if int_keys
                    else "models/cc.pt: unrecognised key layout ['linear.weight']"]
     check_fails(tmp_path, raw, *needles)
 

@@ -36,12 +36,12 @@ def project(reference_run, tmp_path_factory):
 def test_full_pipeline_runs_and_produces_valid_entries(project):
     project, ran = project
     assert {"zoo@llama-t", "extract@gpt2-t", "probe@qwen2-t", "ablate@llama-t", "matrix", "emit", "report",
-            "crosscoder_train", "crosscoder_audit"} <= set(ran)
-    audit = metrics(project, "crosscoder.json")
+            "crosscoder_train@smoke", "crosscoder_audit@smoke"} <= set(ran)
+    audit = metrics(project, "crosscoder/smoke.json")
     assert audit["n_latents"] >= 1 and all(isinstance(v, (int, float)) for v in audit["ce_kl"].values())
-    named = json.loads((project / "reports" / "crosscoder" / "summary.json").read_text())
+    named = json.loads((project / "reports" / "crosscoder" / "smoke" / "summary.json").read_text())
     assert named["ce_kl"]["formulae"]["one_minus_median_ratio"] == "1 - median(rho_CE) / median(cos)"
-    assert named["controls"]["planted_change"] == {"run": 0, "reason": "crosscoder.planted_latents is 0"}
+    assert named["controls"]["planted_change"] == {"run": 0, "reason": "crosscoders.smoke.planted_latents is 0"}
     assert (project / "reports" / "index.html").exists()
     cells = pd.read_parquet(project / "reports" / "cells.parquet")
     assert len(cells) == 2 * 4 * 4
@@ -82,7 +82,7 @@ def test_bootstrap_change_reruns_no_ablation(project):
     params["bootstrap"]["n_resamples"] = 60
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # the crosscoder audit's CIs use the bootstrap settings too; no ablation stage reruns
-    assert set(repro(project, "repro")) == {"bootstrap", "matrix", "emit", "report", "crosscoder_audit"}
+    assert set(repro(project, "repro")) == {"bootstrap", "matrix", "emit", "report", "crosscoder_audit@smoke"}
 
 
 def test_scored_run_with_too_few_prompts_is_a_clear_error(project):

@@ -82,9 +82,11 @@ def inputs(cells: pd.DataFrame, effects: pd.DataFrame | None) -> ReportInputs:
     return ReportInputs(
         cells=cells, effects=effects,
         zoo=pd.DataFrame({"model": MODELS, "architecture": ["llama", "qwen2", "gpt2"], "parameters": [1, 2, 3]}),
-        crosscoder_metrics={"metrics/crosscoder.json": {"ce_kl": {"median_cos": 0.4, "cos_threshold": 0.7,
-                                                                  "ce_threshold": 0.5}, "n_inputs": 256}},
-        crosscoder_latents=latents,
+        # two audits (keys of params crosscoders): one figure each, thresholds read from each one's metrics
+        crosscoder_metrics={f"metrics/crosscoder/{key}.json": {"ce_kl": {"median_cos": 0.4, "cos_threshold": cos,
+                                                                         "ce_threshold": 0.5}, "n_inputs": 256}
+                            for key, cos in (("zoo-pair", 0.7), ("real-pair", 0.6))},
+        crosscoder_latents={"zoo-pair": latents, "real-pair": latents.iloc[:3]},
         cosine_summary={"sentiment": {"n": 2, "one_minus_median_ratio": 0.362, "formulae": {
                             "one_minus_median_ratio": "1 - median(rho_CE) / median(cos)"}},
                         "consistency": {"n": 0, "note": "no off-diagonal cell has geometry defined"}},
@@ -131,7 +133,8 @@ def test_every_section_is_present_and_references_existing_figures(report):
     for task in TASKS:
         for kind in ("rho", "within", "transferred", "auroc", "geometry", "naive", "deltas"):
             assert f"{kind}_{task}" in report.figures
-    assert {"headline", "crosscoder"} <= set(report.figures)
+    assert {"headline", "crosscoder-zoo-pair", "crosscoder-real-pair"} <= set(report.figures)
+    assert "One point per selected latent (5)" in report.html and "One point per selected latent (3)" in report.html
     for text in ("Models", "Crosscoder audit", "Provenance", "sentiment-hash", "ab" * 32, "label_driven",
                  "1 - median(rho_CE) / median(cos)", "absent (n = 0): no off-diagonal cell has geometry defined"):
         assert text in report.html
@@ -361,12 +364,12 @@ def test_stage_writes_page_svg_and_png_and_drops_stale_figures(effects, tmp_path
     assert oct(figures.stat().st_mode & 0o777) == "0o755"
     # the model table: architecture from the zoo params (a fine-tune named as such), size from metrics/zoo
     assert "llama (fine-tune of alpha)" in page and "108,096" in page and "0.970" in page
-    assert "Crosscoder audit (metrics/crosscoder.json): not computed in this run" in page
+    assert "Crosscoder audit (metrics/crosscoder/&lt;key&gt;.json): not computed in this run" in page
 
 
 def test_crosscoder_headline_puts_the_sign_aware_ce_beside_the_published_one(effects):
     inp = inputs(make_cells(effects), effects)
-    metrics = {"metrics/crosscoder.json": {
+    metrics = {"metrics/crosscoder/zoo-pair.json": {
         "n_latents": 80, "sign": {"median_ce_kl": 0.45, "median_ce_margin": 0.31, "n_ce_kl_equivalent_ce_margin_negative": 10},
         "controls": {"sign_reversal": {"n_planted": 8, "n_equivalent_by_ce_kl": 8, "n_caught_by_ce_margin": 8}}}}
     html = build_report(dataclasses.replace(inp, crosscoder_metrics=metrics)).html

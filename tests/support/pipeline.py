@@ -39,12 +39,13 @@ def tiny_params() -> dict:
     params["transfer"]["n_null"] = 10  # the smallest that can reach null_alpha 0.05 (probebench check)
     params["ablate"]["n_random"] = 8  # the fewest a fitted null takes
     # the audit on a model paired with itself: a smoke run of both crosscoder stages
-    params["crosscoder"].update(base="llama-t", chat="llama-t", n_latents=32, k=8, steps=300, batch_size=64, top_k=5,
-                                rel_norm_band=[0.0, 1.0], source="train",
-                                # 32 latents on 48 prompts: too few fire rarely for control (b), which the
-                                # default run (512 latents, 256 prompts) and
-                                # tests/crosscoder/test_crosscoder_controls.py run
-                                planted_latents=0)
+    params["crosscoders"] = {"smoke": {**params["crosscoders"]["zoo-gemma2"],
+                                       "base": "llama-t", "chat": "llama-t", "n_latents": 32, "k": 8, "steps": 300,
+                                       "batch_size": 64, "top_k": 5, "rel_norm_band": [0.0, 1.0], "source": "train",
+                                       # 32 latents on 48 prompts: too few fire rarely for control (b), which
+                                       # the default run (512 latents, 256 prompts) and
+                                       # tests/crosscoder/test_crosscoder_controls.py run
+                                       "planted_latents": 0}}
     params["imports"] = {}  # no pretrained model in the tiny pipeline (tests/weights covers it)
     params["adapters"] = {}  # nor its fine-tune (tests/zoo/test_lora.py covers it)
     return params

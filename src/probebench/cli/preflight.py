@@ -106,17 +106,19 @@ def _check_paths(params: Params, root: Path, source: str) -> None:
             raise ParamsError(f"{source}: models.{slug}.path {m.path!r} does not exist and no stage builds it (zoo "
                               f"models are built in data/zoo/<zoo key>, imports and adapters in data/models/<key>); {get} "
                               "or fix the path")
-    cc = params.crosscoder
-    if cc is not None and cc.checkpoint is not None and not _under(root, cc.checkpoint).exists():
-        raise ParamsError(f"{source}: crosscoder.checkpoint {cc.checkpoint!r} does not exist; put the published "
-                          "crosscoder there (.pt/.safetensors or a directory with cfg.json) or set checkpoint: null")
-    if cc is not None and cc.checkpoint is not None:
+    for key, cc in params.crosscoders.items():
+        if cc.checkpoint is None:
+            continue
+        if not _under(root, cc.checkpoint).exists():
+            raise ParamsError(f"{source}: crosscoders.{key}.checkpoint {cc.checkpoint!r} does not exist; put the "
+                              "published crosscoder there (.pt/.safetensors or a directory with cfg.json) or set "
+                              "checkpoint: null")
         from probebench.crosscoder.loading import CrossCoderLoadError, check_checkpoint
 
         try:
             check_checkpoint(_under(root, cc.checkpoint))
         except CrossCoderLoadError as exc:
-            raise ParamsError(f"{source}: crosscoder.checkpoint: {exc}") from None
+            raise ParamsError(f"{source}: crosscoders.{key}.checkpoint: {exc}") from None
 
 
 def _smallest(draws_of, alpha: float) -> int:

@@ -19,16 +19,14 @@ err = Console(stderr=True)
 @app.command()
 def pin(models: Annotated[Optional[list[str]], typer.Argument(help="zoo models or adapters to pin (default: every "
                                                                 "zoo model)")] = None,
-        crosscoder: Annotated[bool, typer.Option("--crosscoder", help="pin the trained crosscoders instead "
-                                                 "(data/crosscoder, data/crosscoder_controls)")] = False,
+        crosscoder: Annotated[Optional[str], typer.Option("--crosscoder", metavar="KEY", help="pin the crosscoders "
+                                                          "crosscoder_train@KEY trained instead (data/crosscoder/KEY)")] = None,
         params_file: Annotated[Path, typer.Option("--params", help="params file")] = Path("params.yaml")) -> None:
     """Copy data/zoo/<model> (trained with zoo.source: train) to zoo/<model> and record its
-    sha256, training params and metrics in zoo/manifest.json; with --crosscoder, the same for the
-    crosscoders crosscoder_train trained (crosscoder.source: train). A key of `adapters` pins that
+    sha256, training params and metrics in zoo/manifest.json; with --crosscoder KEY, the same for
+    the crosscoders crosscoder_train@KEY trained (crosscoders.KEY.source: train). A key of `adapters` pins that
     LoRA adapter (data/adapters/<key>, trained with adapters.<key>.source: train) with its base's
     fingerprint. Commit zoo/ afterwards."""
-    import shutil
-    import tempfile
 
     from probebench.artifacts.io import read_json
     from probebench.params.schema import ParamsError, load_params
@@ -37,20 +35,23 @@ def pin(models: Annotated[Optional[list[str]], typer.Argument(help="zoo models o
     try:
         params = load_params(params_file)
         manifest = read_manifest("zoo")
-        if crosscoder:
-            p = params.crosscoder
-            train_metrics = read_json("metrics/crosscoder_train.json")
-            if p is None or train_metrics.get("source") != "trained":
-                raise PinnedError("metrics/crosscoder_train.json: no trained crosscoder to pin; run "
-                                  "dvc repro -S crosscoder.source=train crosscoder_train first")
+        if crosscoder is not None:
+            from probebench.crosscoder.paths import crosscoder_dir, pinned_dir, pinned_key, train_metrics_path
+
+            if crosscoder not in params.crosscoders:
+                raise PinnedError(f"--crosscoder {crosscoder!r} is not a key of crosscoders in {params_file}: "
+                                  f"{sorted(params.crosscoders)}")
+            p, metrics_path = params.crosscoders[crosscoder], train_metrics_path(crosscoder)
+            train_metrics = read_json(metrics_path) if metrics_path.exists() else {}
+            if train_metrics.get("source") != "trained":
+                raise PinnedError(f"{metrics_path}: no trained crosscoder to pin; run dvc repro -S "
+                                  f"crosscoders.{crosscoder}.source=train crosscoder_train@{crosscoder} first")
             fps = {m: read_json(Path("data/extract") / m / "meta.json")["fingerprint"] for m in dict.fromkeys((p.base, p.chat))}
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy(Path("data/crosscoder/crosscoder.safetensors"), Path(tmp) / "crosscoder.safetensors")
-                shutil.copytree(Path("data/crosscoder_controls"), Path(tmp) / "controls")
-                manifest["crosscoder"] = pin_dir(tmp, Path("zoo") / "crosscoder",
-                                                 params=params.crosscoder_training(fps), metrics=train_metrics)
+            manifest[pinned_key(crosscoder)] = pin_dir(crosscoder_dir(crosscoder), pinned_dir(crosscoder),
+                                                       params=params.crosscoder_training(crosscoder, fps),
+                                                       metrics=train_metrics)
             write_manifest("zoo", manifest)
-            out.print("pinned the crosscoders -> zoo/crosscoder")
+            out.print(f"pinned the crosscoders of {crosscoder} -> {pinned_dir(crosscoder)}")
             return
         slugs = models or [*params.zoo.models, *params.zoo.finetunes]
         for slug in slugs:

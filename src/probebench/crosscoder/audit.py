@@ -17,6 +17,7 @@ Known-answer controls say whether the numbers measure the models or the crosscod
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -28,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from probebench.errors import ProbebenchError
 from probebench.models.ablate import readout_edit_effects
 from probebench.crosscoder import CrossCoder, choose_latents, firing_frequency, latent_table
-from probebench.models.extract import check_finite, encode_prompts, extract
+from probebench.models.extract import check_finite, encode_prompts, extract, word_end_anchors
 from probebench.models.load import block_output, decoder_blocks, hooks, load_model
 from probebench.stats import bootstrap_indices, cosine_overstatement, pearson_rows, percentile_ci
 
@@ -59,6 +60,38 @@ def check_same_tokenizer(tokenizers: Sequence[PreTrainedTokenizerBase], names: S
     if tokenizers[0].get_vocab() != tokenizers[1].get_vocab():
         raise AuditError(f"crosscoder pair {names[0]} / {names[1]}: tokenizers differ; a crosscoder needs a base/IT "
                          "pair that shares its tokenizer")
+
+
+def audit_inputs(prompts: pd.DataFrame, position: str = "readout", *, salt: str = "probebench-audit") -> pd.DataFrame:
+    """The audit's inputs from a prompt set: each prompt read (and its latents ablated) at its
+    readout (`position="readout"`), or (`"word_end"`) cut after one of the words before its
+    readout, chosen by a hash of the prompt id and `salt`, so the last token varies from input to
+    input as in varied text. A real model's crosscoder has few latents at a task's readout, which
+    is the same token in every prompt (" :" for all 256 sentiment prompts): they fire on every
+    input or on none, leaving no rarely-firing latent for control (b) and fewer than the 80 the
+    published audit ranks. The margin columns are kept; KL needs none.
+
+    >>> df = pd.DataFrame({"id": ["a", "b"], "text": ["the box is red . honest ?", "it is blue ."],
+    ...                    "anchor": [25, 12], "label": [1, 0]})
+    >>> audit_inputs(df, "word_end")[["text", "anchor"]].values.tolist()
+    [['the box is', 10], ['it', 2]]
+    >>> audit_inputs(df)["text"].tolist() == df["text"].tolist()
+    True
+    """
+    prompts = prompts.reset_index(drop=True)
+    if position == "readout":
+        return prompts
+    if position != "word_end":
+        raise AuditError(f"audit position {position!r}: use readout or word_end")
+    texts, anchors = [], []
+    for pid, text, anchor in zip(prompts["id"], prompts["text"], prompts["anchor"]):
+        ends = word_end_anchors(text, int(anchor))
+        if not ends:
+            raise AuditError(f"prompt {pid!r} has no word before its readout; audit_position: word_end needs one")
+        end = ends[int(hashlib.sha256(f"{salt}:{pid}".encode()).hexdigest(), 16) % len(ends)]
+        texts.append(text[:end])
+        anchors.append(end)
+    return prompts.assign(text=texts, anchor=anchors)
 
 
 def load_pair(model_params: Sequence[Any], names: Sequence[str]) -> tuple[list[PreTrainedModel], PreTrainedTokenizerBase]:
@@ -117,7 +150,12 @@ def latent_effects(cc: CrossCoder, models: Sequence[PreTrainedModel], tokenizer:
                    readout_acts_NMD: np.ndarray | None = None, batch_size: int = 64,
                    progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Per latent j, per model m, per input i: subtract f_j(x_i) d_j^m at the readout token of
-    layer L's output; returns f_LN, kl_MLN and delta_MLN (token-margin change)."""
+    layer L's output; returns f_LN, kl_MLN and delta_MLN (token-margin change).
+
+    Where a latent does not fire (f_j(x_i) = 0) nothing is subtracted, so KL and the margin
+    change are exactly 0 there and are not computed: each input runs only the latents that fire
+    on it, packed into as many edit slots as the most latents firing on one input (a BatchTopK
+    crosscoder fires ~k per token, so 300 latents cost about what 20 do)."""
     if readout_acts_NMD is None:
         readout_acts_NMD = readout_activations(models, tokenizer, prompts, layers=layers, batch_size=batch_size)
     acts_NMD = torch.as_tensor(readout_acts_NMD)
@@ -126,13 +164,25 @@ def latent_effects(cc: CrossCoder, models: Sequence[PreTrainedModel], tokenizer:
     lat = torch.as_tensor(list(latents), dtype=torch.long)
     f_LN = f_NF[:, lat].T.contiguous()                                  # [L, N]
     dec_LMD = cc.decoder_vectors(lat, raw=True)                        # [L, M, D]
+    fires_LN = (f_LN != 0).numpy()
+    # slot_LN: the edit slot of latent l on input n (its rank among the latents firing on n)
+    slot_LN = np.cumsum(fires_LN, axis=0) - 1
+    n_slots = int(fires_LN.sum(0).max(initial=0))
+    l_idx, n_idx = np.nonzero(fires_LN)
     kl, delta = [], []
     for m, (model, layer) in enumerate(zip(models, layers)):
-        edits_LND = f_LN[:, :, None] * dec_LMD[:, m][:, None, :]
-        out = readout_edit_effects(model, tokenizer, prompts, layer=layer, edits_KND=edits_LND.numpy(),
-                                   batch_size=batch_size, where=f"crosscoder audit model {m}")
-        kl.append(out["kl_KN"])
-        delta.append(out["ablated_margin_KN"] - out["clean_margin_N"][None])
+        kl_LN = np.zeros(f_LN.shape, dtype=np.float32)  # the engine returns float32
+        delta_LN = np.zeros(f_LN.shape, dtype=np.float32)
+        if n_slots:
+            edits_KND = torch.zeros(n_slots, f_LN.shape[1], dec_LMD.shape[-1], dtype=dec_LMD.dtype)
+            edits_KND[slot_LN[l_idx, n_idx], n_idx] = f_LN[l_idx, n_idx, None] * dec_LMD[l_idx, m]
+            out = readout_edit_effects(model, tokenizer, prompts, layer=layer, edits_KND=edits_KND.numpy(),
+                                       batch_size=batch_size, where=f"crosscoder audit model {m}")
+            kl_LN[l_idx, n_idx] = out["kl_KN"][slot_LN[l_idx, n_idx], n_idx]
+            delta_LN[l_idx, n_idx] = (out["ablated_margin_KN"][slot_LN[l_idx, n_idx], n_idx]
+                                      - out["clean_margin_N"][n_idx])
+        kl.append(kl_LN)
+        delta.append(delta_LN)
         if progress is not None:
             progress(m + 1)
     if (np.stack(kl) < 0).any():

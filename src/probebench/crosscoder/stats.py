@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -164,12 +164,13 @@ def choose_latents(table: pd.DataFrame, *, rel_norm_band: tuple[float, float], t
     return latents, record
 
 
-def pair_drift(acts_NMD: np.ndarray) -> dict[str, float]:
+def pair_drift(acts_NMD: np.ndarray, massive_dims: Sequence[int] = ()) -> dict[str, Any]:
     """How far the second model's activations moved from the first's, token by token (e.g. a
     fine-tune from its base, at the audit layer): the median per-token cosine, and the identity
     R^2 = 1 - sum ||h_1 - h_0||^2 / sum ||h_1 - mean(h_1)||^2 (how much of the second model's
     variance the first's activations explain unchanged; 1 = identical, 0 = no better than its mean,
-    negative = worse). Over rows of acts_NMD [N tokens, 2, D].
+    negative = worse). Over rows of acts_NMD [N tokens, 2, D]. With `massive_dims`, both again
+    outside them (`*_outside_massive`): a few dims of ~5000 make every cosine ~1.
 
     Example (an identical pair is 1 and 1; noise of half the signal's variance: R^2 = 1 - 0.5 / 1.5):
         >>> rng = np.random.default_rng(0)
@@ -179,14 +180,27 @@ def pair_drift(acts_NMD: np.ndarray) -> dict[str, float]:
         >>> d = pair_drift(np.concatenate([h, h + rng.normal(size=h.shape) / 2 ** 0.5], axis=1))
         >>> round(d["identity_r2"], 2)
         0.67
+        >>> big = np.concatenate([h, h + rng.normal(size=h.shape)], axis=1); big[:, :, 0] = 5000.0
+        >>> d = pair_drift(big, massive_dims=[0])
+        >>> round(d["per_token_cosine_median"], 3), round(d["per_token_cosine_median_outside_massive"], 1)
+        (1.0, 0.7)
     """
     acts = np.asarray(acts_NMD, dtype=np.float64)
     if acts.ndim != 3 or acts.shape[1] != 2:
         raise CrossCoderError(f"pair_drift: expected activations [N, 2, D], got {acts.shape}")
-    h0, h1 = acts[:, 0], acts[:, 1]
-    norms = np.linalg.norm(h0, axis=1) * np.linalg.norm(h1, axis=1)
-    cos = np.divide((h0 * h1).sum(axis=1), norms, out=np.full(len(acts), np.nan), where=norms > 0)
-    total = ((h1 - h1.mean(axis=0)) ** 2).sum()
-    r2 = 1.0 - ((h1 - h0) ** 2).sum() / total if total > 0 else float("nan")
-    return {"per_token_cosine_median": round(float(np.nanmedian(cos)), 6), "identity_r2": round(float(r2), 6),
-            "n_tokens": int(len(acts))}
+
+    def drift(h0: np.ndarray, h1: np.ndarray) -> tuple[float, float]:
+        norms = np.linalg.norm(h0, axis=1) * np.linalg.norm(h1, axis=1)
+        cos = np.divide((h0 * h1).sum(axis=1), norms, out=np.full(len(h0), np.nan), where=norms > 0)
+        total = ((h1 - h1.mean(axis=0)) ** 2).sum()
+        r2 = 1.0 - ((h1 - h0) ** 2).sum() / total if total > 0 else float("nan")
+        return round(float(np.nanmedian(cos)), 6), round(float(r2), 6)
+
+    cos, r2 = drift(acts[:, 0], acts[:, 1])
+    out: dict[str, Any] = {"per_token_cosine_median": cos, "identity_r2": r2, "n_tokens": int(len(acts))}
+    if len(massive_dims):
+        keep = np.setdiff1d(np.arange(acts.shape[2]), np.asarray(massive_dims, dtype=int))
+        cos_out, r2_out = drift(acts[:, 0, keep], acts[:, 1, keep])
+        out.update(massive_dims=[int(d) for d in massive_dims], per_token_cosine_median_outside_massive=cos_out,
+                   identity_r2_outside_massive=r2_out)
+    return out

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -163,6 +163,7 @@ def train_crosscoder(
     dead_after_steps: int = 1000,
     threshold_beta: float = 0.999,
     threshold_start_step: int | None = None,
+    exclude_dims: Sequence[int] = (),
     progress: bool = False,
 ) -> tuple[BatchTopKCrossCoder, dict[str, Any]]:
     """Train a BatchTopK crosscoder on paired activations [N, M, D]; deterministic on CPU.
@@ -188,20 +189,37 @@ def train_crosscoder(
       `threshold_beta` of the minimum positive score selected by BatchTopK in each batch;
       the first value is taken as is (no bias towards the -1 "unset" value).
 
-    Metrics (computed on `acts_NMD`, eval mode, threshold rule): variance_explained
+    - exclude_dims: residual dimensions the crosscoder neither reads nor writes (a real model's
+      massive activations: a few dims of ~5000 would set the input scale and most of the loss).
+      They are zeroed in the data before the scale is taken, and the encoder rows, decoder
+      columns and decoder bias on them start at zero and stay there (their gradients are zero),
+      so every latent's decoder direction avoids them and encoding ignores them.
+
+    Metrics (computed on `acts_NMD` outside `exclude_dims`, eval mode, threshold rule): variance_explained
     (list, per model), mean_l0, dead_fraction (never fires on the data),
     dead_fraction_train (did not fire in the last `dead_after_steps` steps),
     initial_loss / final_loss (the training loss of the first / last batch), threshold,
     rel_norm_spread_init / rel_norm_spread (5-95% quantile range of the relative decoder
-    norm over all latents at step 0 / at the end), decoder_init.
+    norm over all latents at step 0 / at the end), decoder_init, excluded_dims.
 
     Example:
         >>> cc, m = train_crosscoder(torch.randn(512, 2, 8), n_latents=16, k=2, steps=20,
         ...                          batch_size=64, lr=3e-3, seed=0, decoder_init="shared")
         >>> m["rel_norm_spread_init"], len(m["variance_explained"])
         (0.0, 2)
+        >>> x = torch.randn(512, 2, 8); x[:, :, 3] += 500.0    # one massive dimension
+        >>> cc, m = train_crosscoder(x, n_latents=16, k=2, steps=20, batch_size=64, lr=3e-3, seed=0,
+        ...                          exclude_dims=[3])
+        >>> float(cc.W_dec_FMD[..., 3].abs().max()), float(cc.W_enc_MDF[:, 3].abs().max()), m["excluded_dims"]
+        (0.0, 0.0, [3])
     """
     acts = torch.as_tensor(acts_NMD).to(torch.float32)
+    excluded = sorted({int(d) for d in exclude_dims})
+    if excluded and not 0 <= excluded[0] <= excluded[-1] < acts.shape[-1]:
+        raise CrossCoderError(f"exclude_dims {excluded} must be dimensions of the activations (0..{acts.shape[-1] - 1})")
+    if excluded:
+        acts = acts.clone()
+        acts[..., excluded] = 0.0
     _check_args(acts, n_latents=n_latents, k=k, steps=steps, batch_size=batch_size, threshold_beta=threshold_beta,
                 dead_after_steps=dead_after_steps, lr_decay_start=lr_decay_start, decoder_init=decoder_init)
     N, M, D = acts.shape
@@ -223,6 +241,7 @@ def train_crosscoder(
         W_dec = torch.randn(n_latents, M, D, generator=gen)
         if decoder_init == "shared":
             W_dec[:] = W_dec[:, :1]
+        W_dec[..., excluded] = 0.0
         W_dec /= W_dec.norm(dim=-1, keepdim=True)
         cc.W_dec_FMD.copy_(W_dec)
         cc.W_enc_MDF.copy_(W_dec.permute(1, 2, 0))
@@ -300,6 +319,10 @@ def train_crosscoder(
         for _ in range(2):  # refit, re-estimate the threshold for the trained L0, refit on those codes
             _refit_decoder(cc, x_all, batch_size)
             cc.threshold.fill_(_threshold_for_l0(cc, x_all, batch_size, l0_trained))
+    with torch.no_grad():  # already zero (no gradient reaches them); exactly zero whatever the refit's rounding
+        cc.W_enc_MDF[:, excluded] = 0.0
+        cc.W_dec_FMD[..., excluded] = 0.0
+        cc.b_dec_MD[:, excluded] = 0.0
     ve_M, mean_l0, fired_F = _variance_explained_M(cc, acts, batch_size)
     metrics = {
         "variance_explained": [float(v) for v in ve_M],
@@ -314,5 +337,6 @@ def train_crosscoder(
         "decoder_init": decoder_init,
         "rel_norm_spread_init": spread_init,
         "rel_norm_spread": _rel_norm_spread(cc),
+        "excluded_dims": excluded,
     }
     return cc, metrics

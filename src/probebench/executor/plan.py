@@ -60,8 +60,8 @@ def _stage_models(name: str, params: Params) -> tuple[str, ...]:
     base, _, key = name.partition("@")
     if key and key in params.models:
         return (key,)
-    if base.startswith("crosscoder"):
-        return tuple(dict.fromkeys([params.crosscoder.base, params.crosscoder.chat]))
+    if base.startswith("crosscoder") and key in params.crosscoders:
+        return tuple(dict.fromkeys([params.crosscoders[key].base, params.crosscoders[key].chat]))
     return ()
 
 

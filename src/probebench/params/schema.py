@@ -314,7 +314,8 @@ class CrosscoderParams(_Strict):
     checkpoint: a published crosscoder to load instead of training one (.pt/.safetensors or a
     directory with cfg.json). n_latents/k/steps/batch_size/lr: BatchTopK training. train_tasks:
     prompt sets whose train texts (every token) are the training data. audit_task: prompt set
-    whose test prompts are the M inputs. rel_norm_band/top_k: shared latents = relative decoder
+    whose test prompts are the M inputs, read at their readout or (audit_position: word_end) cut
+    after a word before it (`probebench.crosscoder.audit.audit_inputs`). rel_norm_band/top_k: shared latents = relative decoder
     norm inside the band, top_k by firing frequency; the band is refused (latents ranked by firing
     alone) while the relative norms' 5-95% range is within min_rel_norm_spread of its
     initialization level. Controls (trained crosscoders): a crosscoder trained the same way on
@@ -339,6 +340,7 @@ class CrosscoderParams(_Strict):
     seed: int = 0
     train_tasks: tuple[str, ...] = ()
     audit_task: str
+    audit_position: Literal["readout", "word_end"] = "readout"
     rel_norm_band: tuple[float, float] = (0.3, 0.7)
     top_k: int = Field(80, ge=1)
     min_frequency: float = Field(0.0, ge=0, le=1)
@@ -441,10 +443,21 @@ class Params(_Strict):
     bootstrap: BootstrapParams = BootstrapParams()
     matrix: MatrixParams = MatrixParams()
     emit: EmitParams = EmitParams()
-    crosscoder: CrosscoderParams | None = None
+    crosscoders: dict[str, CrosscoderParams] = {}
     probes: dict[str, ImportedProbeParams] = {}
     imports: dict[str, ImportParams] = {}
     adapters: dict[str, AdapterParams] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_crosscoder_section(cls, raw):
+        # There used to be one audit, `crosscoder:`; now each audit has a key (its stages are
+        # crosscoder_train@<key> and crosscoder_audit@<key>), so several pairs can be audited.
+        if isinstance(raw, dict) and "crosscoder" in raw:
+            raise ValueError("crosscoder: is now crosscoders: {<key>: ...}, one audit per key; indent the section "
+                             "under crosscoders: and a key of your choice, e.g. crosscoders: {main: {base: ..., "
+                             "chat: ...}} (outputs move to data/crosscoder/<key>, reports/crosscoder/<key>)")
+        return raw
 
     @model_validator(mode="after")
     def _check(self):
@@ -480,14 +493,15 @@ class Params(_Strict):
                 raise ValueError(f"probes.{slug}.model {pr.model!r} is not a key of models: {sorted(self.models)}")
             if pr.task not in self.tasks:
                 raise ValueError(f"probes.{slug}.task {pr.task!r} is not a key of tasks: {sorted(self.tasks)}")
-        if self.crosscoder is not None:
-            cc = self.crosscoder
+        for slug, cc in self.crosscoders.items():
+            _check_slug(slug, "crosscoders")
             for key in ("base", "chat"):
                 if getattr(cc, key) not in self.models:
-                    raise ValueError(f"crosscoder.{key} {getattr(cc, key)!r} is not a key of models: {sorted(self.models)}")
+                    raise ValueError(f"crosscoders.{slug}.{key} {getattr(cc, key)!r} is not a key of models: "
+                                     f"{sorted(self.models)}")
             for task in (*cc.train_tasks, cc.audit_task):
                 if task not in self.tasks:
-                    raise ValueError(f"crosscoder task {task!r} is not a key of tasks: {sorted(self.tasks)}")
+                    raise ValueError(f"crosscoders.{slug}: task {task!r} is not a key of tasks: {sorted(self.tasks)}")
         return self
 
     def synthetic_spec(self, name: str) -> SyntheticTaskSpec:
@@ -554,12 +568,14 @@ class Params(_Strict):
                 "positive": self.zoo.positive, "negative": self.zoo.negative, "split": self.split.model_dump(),
                 "base": (self.zoo_training(self.zoo.finetunes[slug].base) if slug in self.zoo.finetunes else None)}
 
-    def crosscoder_training(self, fingerprints: dict[str, str]) -> dict:
-        """What determines crosscoder_train's outputs (what the pinned crosscoders are checked
-        against): the training params and the two models' fingerprints."""
+    def crosscoder_training(self, slug: str, fingerprints: dict[str, str]) -> dict:
+        """What determines crosscoder_train@slug's outputs (what its pinned crosscoders are checked
+        against): the training params, the massive-dimension rule its latents follow and the two
+        models' fingerprints."""
         audit_only = {"source", "checkpoint", "cos_threshold", "ce_threshold", "control_latents", "control_min",
                       "planted_latents", "planted_max_frequency"}
-        return {"crosscoder": self.crosscoder.model_dump(mode="json", exclude=audit_only), "models": fingerprints}
+        return {"crosscoder": self.crosscoders[slug].model_dump(mode="json", exclude=audit_only),
+                "massive_factor": self.ablate.massive_factor, "models": fingerprints}
 
     def adapter_training(self, slug: str, base_fingerprint: str) -> dict:
         """What determines an adapter's trained weights (what a pinned adapter is checked against):

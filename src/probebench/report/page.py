@@ -67,8 +67,8 @@ class ReportInputs:
     cells: one row per (task, source, target), the matrix stage's table. effects: one row per
     (task, source, target, prompt) with `label` and `effect_sd` (or `delta`). zoo: one row per
     model (any columns; shown as a table). crosscoder_metrics: {file name: its metrics dict}, e.g.
-    metrics/crosscoder.json and metrics/crosscoder_train.json, shown generically (every number).
-    crosscoder_latents: reports/crosscoder/latents.csv. cosine_summary: reports/cosine_vs_rho.json
+    metrics/crosscoder/<key>.json and metrics/crosscoder_train/<key>.json, shown generically (every
+    number). crosscoder_latents: {audit key: reports/crosscoder/<key>/latents.csv}. cosine_summary: reports/cosine_vs_rho.json
     (per task, the named overstatement statistics). provenance: probebench.provenance.json.
     thresholds: params numbers quoted on the page (`not_same_threshold`, ...). versions: library
     versions of the run. tasks: task order (default: sorted)."""
@@ -77,7 +77,7 @@ class ReportInputs:
     effects: pd.DataFrame | None = None
     zoo: pd.DataFrame | None = None
     crosscoder_metrics: dict[str, dict] | None = None
-    crosscoder_latents: pd.DataFrame | None = None
+    crosscoder_latents: dict[str, pd.DataFrame] | None = None
     cosine_summary: dict | None = None
     provenance: dict | None = None
     thresholds: dict = field(default_factory=dict)
@@ -420,10 +420,10 @@ def _zoo_section(page: _Page, zoo: pd.DataFrame | None) -> None:
              "its probes. A model with low accuracy on a task has little concept to probe.</p>" + _table(zoo))
 
 
-def _crosscoder_section(page: _Page, metrics: dict[str, dict] | None, latents: pd.DataFrame | None) -> None:
+def _crosscoder_section(page: _Page, metrics: dict[str, dict] | None, latents: dict[str, pd.DataFrame] | None) -> None:
     page.add("<h2 id='crosscoder'>Crosscoder audit</h2>")
     if not metrics:
-        page.add(_missing("Crosscoder audit (metrics/crosscoder.json)"))
+        page.add(_missing("Crosscoder audit (metrics/crosscoder/<key>.json)"))
         return
     page.add("<p>Decoder cosine vs causal equivalence (CE) of shared crosscoder latents between the base and chat "
              "models, with the audit's controls. Every number the audit wrote is listed, grouped by name, so a new "
@@ -456,16 +456,19 @@ def _crosscoder_section(page: _Page, metrics: dict[str, dict] | None, latents: p
                       f"{_table(pd.DataFrame(rows, columns=['group', 'metric', 'value'], dtype=object))}</div>")
     page.add("<div class='grid'>" + "".join(tables) + "</div>")
 
-    def first(suffix: str) -> float | None:
-        hits = [v for k, v in sorted(flat.items()) if k.endswith(suffix)]
+    def first(key: str, suffix: str) -> float | None:
+        hits = [v for k, v in sorted(flat.items()) if k.endswith(suffix) and f"/{key}.json:" in k]
         return hits[0] if hits else None
 
-    fig = crosscoder_figure(latents, (first("cos_threshold"), first("ce_threshold"))) if latents is not None else None
-    if fig is None:
-        page.add(_missing("Per-latent scatter (reports/crosscoder/latents.csv)"))
-    else:
-        page.add(page.figure(fig, "crosscoder", "crosscoder decoder cosine vs CE",
-                             f"One point per selected latent ({len(latents)}); bars: bootstrap CI of CE. Dashed "
+    if not latents:
+        page.add(_missing("Per-latent scatter (reports/crosscoder/<key>/latents.csv)"))
+    for key, table in sorted((latents or {}).items()):
+        fig = crosscoder_figure(table, (first(key, "cos_threshold"), first(key, "ce_threshold")))
+        if fig is None:
+            page.add(_missing(f"Per-latent scatter (reports/crosscoder/{key}/latents.csv)"))
+            continue
+        page.add(page.figure(fig, f"crosscoder-{key}", f"crosscoder audit {key}: decoder cosine vs CE",
+                             f"One point per selected latent ({len(table)}); bars: bootstrap CI of CE. Dashed "
                              "lines: the cosine and CE thresholds of the published statistic."))
 
 
