@@ -204,3 +204,14 @@ def test_cli_refuses_an_unknown_executor_and_slurm_without_sbatch(monkeypatch):
     assert result.exit_code == 2 and "sbatch is not on PATH" in result.output
     result = CliRunner().invoke(app, ["run", "--executor", "ray", "--force"])
     assert result.exit_code == 2 and "takes stage names as targets" in result.output
+
+
+def test_a_crosscoder_stage_loads_its_pair_even_when_its_key_names_a_model():
+    """crosscoders.gemma3-270m audits gemma3-270m against gemma3-270m-it: its stages load both."""
+    from probebench.executor.plan import _stage_models
+
+    p = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert "gemma3-270m" in p.models and "gemma3-270m" in p.crosscoders
+    assert _stage_models("crosscoder_audit@gemma3-270m", p) == ("gemma3-270m", "gemma3-270m-it")
+    assert _stage_models("crosscoder_train@zoo-gemma2", p) == ("gemma2-base", "gemma2-it")
+    assert _stage_models("extract@gemma3-270m", p) == ("gemma3-270m",)

@@ -58,10 +58,10 @@ def _stage_models(name: str, params: Params) -> tuple[str, ...]:
     """The models a stage loads: the foreach key for model-granular stages, the audited pair for
     the crosscoder stages, none for the fan-in stages (they read tables, not weights)."""
     base, _, key = name.partition("@")
+    if base.startswith("crosscoder") and key in params.crosscoders:  # an audit's key may also name a model
+        return tuple(dict.fromkeys([params.crosscoders[key].base, params.crosscoders[key].chat]))
     if key and key in params.models:
         return (key,)
-    if base.startswith("crosscoder") and key in params.crosscoders:
-        return tuple(dict.fromkeys([params.crosscoders[key].base, params.crosscoders[key].chat]))
     return ()
 
 
