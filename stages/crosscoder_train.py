@@ -19,7 +19,7 @@ from _common import console, progress_bar, run
 from probebench.crosscoder.audit import audit_inputs, load_pair, paired_activations, readout_activations, select_latents
 from probebench.crosscoder import load_crosscoder, train_crosscoder
 from probebench.crosscoder.paths import crosscoder_dir, pinned_dir, pinned_key, train_metrics_path
-from probebench.artifacts.io import atomic_dir, atomic_write_bytes, read_json, write_json
+from probebench.artifacts.io import atomic_dir, read_json, write_json
 from probebench.artifacts.pinned import read_manifest, verify
 from probebench.params.schema import Params
 from probebench.transfer.plan import massive_dimensions
